@@ -1,0 +1,103 @@
+"""`python -m bnflow <step>`: one subcommand per pipeline step, the only thing Snakemake rules and DVC stages call.
+
+Every step takes `--params` (params.yaml, then optional overlays), validates all of it before doing any work, and
+writes only the outputs it is given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bnflow.config import Params, load_params
+from bnflow.errors import BnflowError
+
+log = logging.getLogger("bnflow")
+
+
+def _setup_logging(log_file: Path | None, quiet: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _run_prepare(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.prepare import prepare
+
+    prepare(p.prepare, a.output, force=a.force)
+
+
+def _run_train(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.train.cell import train_cell
+
+    train_cell(p, a.cell, a.data, a.runs_dir, a.checkpoints_dir, force=a.force, quiet=a.quiet)
+
+
+def _run_figures(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.figures import render_figures
+
+    render_figures(p, a.runs_root, a.output, force=a.force)
+
+
+def _add_common(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--params", action="append", type=Path, required=True, metavar="YAML",
+                    help="params.yaml, then optional overlays (later files win); repeatable")
+    sp.add_argument("--log", type=Path, help="also write the log to this file")
+    sp.add_argument("--quiet", action="store_true", help="warnings and errors only (CI)")
+    sp.add_argument("--force", action="store_true", help="replace outputs that already hold completed results")
+
+
+STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Params, argparse.Namespace], None]]] = {
+    "prepare": (
+        "decode CIFAR-10 (torchvision download, local archive) or generate the synthetic set into one .npz",
+        lambda sp: sp.add_argument("--output", type=Path, required=True, help="the prepared dataset (.npz)"),
+        _run_prepare,
+    ),
+    "train": (
+        "train every seed of one grid cell (model, variant, lr); resumable",
+        lambda sp: (
+            sp.add_argument("--cell", required=True, help="grid cell id from train.grid, e.g. vgg-bn-lr0.1"),
+            sp.add_argument("--data", type=Path, help="prepared dataset (.npz); required for VGG cells"),
+            sp.add_argument("--runs-dir", type=Path, required=True, help="where runs/s{seed}/ metrics go"),
+            sp.add_argument("--checkpoints-dir", type=Path, required=True, help="where checkpoints go"),
+        ),
+        _run_train,
+    ),
+    "figures": (
+        "render the figures from the runs' tidy outputs",
+        lambda sp: (
+            sp.add_argument("--runs-root", type=Path, required=True, help="folder holding one folder per grid cell"),
+            sp.add_argument("--output", type=Path, required=True, help="folder for the PNG/SVG figures"),
+        ),
+        _run_figures,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bnflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, (help_text, add_args, _) in STEPS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(sp)
+        _add_common(sp)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log, args.quiet)
+    try:
+        params = load_params(*args.params)
+        STEPS[args.step][2](params, args)
+    except BnflowError as e:
+        log.error("%s", e)
+        print(f"bnflow {args.step}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,105 @@
+"""Atomic file writes and provenance records: a killed job never leaves a file a later step would accept."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bnflow.errors import OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as sorted, indented JSON atomically (stable diffs)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def publish_dir(src: Path, dst: Path, *, force: bool = False) -> None:
+    """Move a finished folder into place with one rename; refuse to replace a non-empty one unless `force`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        if any(dst.iterdir()) and not force:
+            raise OutputExistsError(f"{dst}: already holds completed results; delete it (or pass --force) to redo them")
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def check_absent(*paths: Path, force: bool = False) -> None:
+    """Fail before any work if a completed output is already there (no silent overwrite)."""
+    for p in paths:
+        if p.exists() and not force and (p.is_file() or any(p.iterdir())):
+            raise OutputExistsError(f"{p}: already holds completed results; delete it (or pass --force) to redo them")
+
+
+def git_revision(cwd: str | Path = ".") -> str:
+    """The checked-out commit, with '+dirty' when tracked files differ; 'unknown' outside a git checkout."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.strip() + ("+dirty" if dirty.strip() else "")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour shapes the numbers."""
+    out = {"python": platform.python_version()}
+    for name in ("bnflow", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_description(device: str) -> dict[str, str]:
+    """What ran the numbers: device string, GPU name when CUDA, host platform."""
+    info = {"device": str(device), "platform": platform.platform(), "processor": platform.machine()}
+    if str(device).startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = str(torch.version.cuda)
+    return info
+
+
+def provenance(params_plain: dict, device: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """The provenance block stored with every output: resolved params, git revision, packages, device, command."""
+    return {
+        "params": params_plain,
+        "git_revision": git_revision(),
+        "packages": package_versions(),
+        "device": device_description(device),
+        "command": " ".join(argv if argv is not None else sys.argv),
+    }

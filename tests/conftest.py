@@ -1,0 +1,51 @@
+"""Shared fixtures: the committed params, small param overlays, and the tree layout."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnflow.config import Params, from_dict, merge, read_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def raw_params() -> dict:
+    """The committed params.yaml as plain data (a fresh copy per test)."""
+    return copy.deepcopy(read_yaml(ROOT / "params.yaml"))
+
+
+@pytest.fixture
+def quick_raw() -> dict:
+    """params.yaml with the quick-run overlay applied."""
+    return merge(read_yaml(ROOT / "params.yaml"), read_yaml(ROOT / "workflow" / "quick.yaml"))
+
+
+def tiny_params(tmp_path: Path, **train_overrides) -> Params:
+    """Quick-run params shrunk further for unit tests, writing under tmp_path."""
+    raw = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ROOT / "workflow" / "quick.yaml"))
+    raw["out_dir"] = str(tmp_path / "out")
+    raw["prepare"]["synthetic"].update(n_train=256, n_test=64)
+    raw["train"] = merge(raw["train"], {
+        "seeds": {"n": 1},
+        "vgg": {"steps": 30, "batch_size": 16, "log_every": 5, "eval_every": 10, "eval_batch_size": 64,
+                "checkpoint_steps": [0, 10, 30]},
+        "dln": {"depth": 4, "steps": 40, "log_every": 5, "checkpoint_steps": [0, 20, 40]},
+        "execution": {"parallel_runs": 1, "sync_every": 7, "resume_every": 10},
+    })
+    raw["train"] = merge(raw["train"], train_overrides)
+    return from_dict(raw)
