@@ -1,0 +1,140 @@
+"""The VGG-like CIFAR-10 network of the paper, with the normalisation variant as a parameter (PROTOCOL §2).
+
+Layer #k is the k-th conv layer in forward order (1-based). Each conv layer is one block,
+Sequential(conv, norm, relu[, maxpool]), so hooks on `blocks`, `convs` and `norms` see clean per-layer tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnflow.models.norms import NORMS, NoiseSpec, make_norm
+
+VGG_CONFIGS = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+}
+"""Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A)."""
+
+
+def require_cpu_generator(generator: torch.Generator | None, what: str) -> torch.Generator:
+    """Return `generator` if it is a CPU torch.Generator, else raise ValueError saying what it is needed for."""
+    if generator is None:
+        raise ValueError(
+            f"{what} needs an explicit torch.Generator (the model-init stream from bnflow's seeds, PROTOCOL §9); "
+            "pass generator=torch.Generator().manual_seed(seed)"
+        )
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"{what}: generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != "cpu":
+        # The model is built on the CPU and moved afterwards; a CUDA generator cannot fill CPU tensors.
+        raise ValueError(f"{what}: the init generator must be a CPU generator, got one on {generator.device}")
+    return generator
+
+
+def glorot_init_(layers: list[nn.Module], generator: torch.Generator) -> None:
+    """Glorot (Xavier) uniform init of each layer's weight, bias zero, drawn in list order (PROTOCOL §2).
+
+    The bound is sqrt(6 / (fan_in + fan_out)), with fans counting the kernel's receptive field for convs;
+    PyTorch's default (Kaiming-uniform with a=sqrt(5)) differs, which is why this is set explicitly.
+    """
+    with torch.no_grad():
+        for layer in layers:
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
+def scaled_widths(config: list, width_mult: float) -> list:
+    """Scale every channel count of a VGG config by `width_mult` (at least 1 channel); "M" entries stay."""
+    return [c if c == "M" else max(1, round(c * width_mult)) for c in config]
+
+
+class VGG(nn.Module):
+    """Conv stack + linear classifier; the forward order of `blocks` defines layer numbers.
+
+    Attributes:
+        blocks: nn.ModuleList; block k-1 is Sequential(conv, norm, relu[, maxpool]) for layer #k.
+        classifier: nn.Linear(C_last, num_classes); no norm on it (PROTOCOL §2 choice).
+        convs: list[nn.Conv2d], convs[k-1] is layer #k (read-only view of the blocks).
+        norms: list[nn.Module], norms[k-1] is the norm after layer #k (nn.Identity for "standard").
+    """
+
+    def __init__(self, blocks: list[nn.Sequential], classifier: nn.Linear, norm: str) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = classifier
+        self.norm = norm
+
+    @property
+    def convs(self) -> list[nn.Conv2d]:
+        return [block[0] for block in self.blocks]
+
+    @property
+    def norms(self) -> list[nn.Module]:
+        return [block[1] for block in self.blocks]
+
+    def layer_params(self, k: int) -> list[nn.Parameter]:
+        """Conv weight and bias of layer #k (1-based); norm gamma/beta are excluded (PROTOCOL §4)."""
+        if not (isinstance(k, int) and 1 <= k <= len(self.blocks)):
+            raise ValueError(f"layer number must be an int in 1..{len(self.blocks)}, got {k!r}")
+        conv = self.convs[k - 1]
+        return [conv.weight, conv.bias]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for images x (N, 3, 32, 32), float, already normalised per channel."""
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build_vgg(
+    arch: str = "vgg16",
+    norm: str = "standard",
+    *,
+    width_mult: float = 1.0,
+    num_classes: int = 10,
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+    noise: NoiseSpec = NoiseSpec(),
+    generator: torch.Generator | None = None,
+) -> VGG:
+    """Build the VGG of PROTOCOL §2: per conv, Conv2d(3x3, pad 1, bias) -> norm -> ReLU (-> MaxPool2d(2) at "M").
+
+    Args:
+        arch: a key of VGG_CONFIGS ("vgg16" has 13 conv layers, "vgg11" 8).
+        norm: variant, one of NORMS.
+        width_mult: > 0; every channel count becomes max(1, round(c * width_mult)) (narrow nets for CPU runs).
+        num_classes: classifier outputs.
+        eps, momentum: BatchNorm / LpNorm constants.
+        noise: noise distribution for "noisy_bn" / "noisy_standard". The noise modules are built without a
+            generator (a separate stream from init): set one with set_noise_generator before training.
+        generator: CPU torch.Generator for the Glorot init; required (no global RNG is used).
+    Returns:
+        The model on the CPU, float32, in training mode. With 32x32 inputs the five pools leave 1x1 maps, so the
+        classifier takes C_last features.
+    """
+    if arch not in VGG_CONFIGS:
+        raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(VGG_CONFIGS)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid names: {', '.join(NORMS)}")
+    if not (width_mult > 0):
+        raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
+    generator = require_cpu_generator(generator, "build_vgg")
+    config = scaled_widths(VGG_CONFIGS[arch], width_mult)
+    blocks: list[nn.Sequential] = []
+    in_channels = 3
+    for entry in config:
+        if entry == "M":
+            blocks[-1].append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        conv = nn.Conv2d(in_channels, entry, kernel_size=3, padding=1, bias=True)
+        layer_norm = make_norm(norm, entry, spatial=True, eps=eps, momentum=momentum, noise=noise)
+        # Not in-place: a hook on the norm output must still see the pre-ReLU values.
+        blocks.append(nn.Sequential(conv, layer_norm, nn.ReLU(inplace=False)))
+        in_channels = entry
+    classifier = nn.Linear(in_channels, num_classes)
+    model = VGG(blocks, classifier, norm)
+    glorot_init_([*model.convs, model.classifier], generator)
+    return model
