@@ -106,7 +106,7 @@ class ExecutionConfig:
     device: str
     parallel_runs: int = rule(ge=1)
     sync_every: int = rule(ge=1)
-    resume_every: int = rule(ge=1)
+    resume_every_s: float = rule(ge=0)
     progress_every_s: float = rule(ge=0)
 
 

@@ -36,7 +36,7 @@ def quick_raw() -> dict:
 
 
 def tiny_params(tmp_path: Path, **train_overrides) -> Params:
-    """Quick-run params shrunk further for unit tests, writing under tmp_path."""
+    """Quick-run params shrunk further for unit tests, with the paper grid, writing under tmp_path."""
     raw = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ROOT / "workflow" / "quick.yaml"))
     raw["out_dir"] = str(tmp_path / "out")
     raw["prepare"]["synthetic"].update(n_train=256, n_test=64)
@@ -45,7 +45,8 @@ def tiny_params(tmp_path: Path, **train_overrides) -> Params:
         "vgg": {"steps": 30, "batch_size": 16, "log_every": 5, "eval_every": 10, "eval_batch_size": 64,
                 "checkpoint_steps": [0, 10, 30]},
         "dln": {"depth": 4, "steps": 40, "log_every": 5, "checkpoint_steps": [0, 20, 40]},
-        "execution": {"parallel_runs": 1, "sync_every": 7, "resume_every": 10},
+        "execution": {"parallel_runs": 1, "sync_every": 7, "resume_every_s": 0},
     })
     raw["train"] = merge(raw["train"], train_overrides)
+    raw["train"]["grid"] = read_yaml(ROOT / "params.yaml")["train"]["grid"]  # every variant of the paper grid
     return from_dict(raw)

@@ -1,0 +1,142 @@
+"""Train one grid cell: every seed of (model, variant, lr), several at once, published only when all are done.
+
+Work happens in `{out_dir}/.partial/{cell}/` (git- and DVC-ignored). A seed is finished when its run.json exists
+there; a restarted job skips finished seeds and resumes unfinished ones from their last resume state. Only when every
+seed has finished are the runs and checkpoints folders moved into place, each with one rename, so Snakemake, DVC
+and later steps never see a half-written cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import multiprocessing as mp
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnflow import seeds
+from bnflow.config import Params, from_dict, to_plain
+from bnflow.errors import ConfigError, DataError
+from bnflow.io import atomic_path, check_absent, provenance, publish_dir, write_json
+from bnflow.train.loop import LoopConfig, config_hash, train_loop
+from bnflow.train.tasks import make_task
+
+log = logging.getLogger("bnflow.train")
+METRICS_COLUMNS = ("step", "split", "loss", "acc", "wall_s")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` → the first CUDA GPU if there is one, else the CPU; other values are taken as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.execution.device is {spec!r} but no CUDA GPU is visible; use auto or cpu")
+    return device
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The tidy per-run metrics CSV; floats with repr precision so reruns can be compared exactly."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(METRICS_COLUMNS)
+        for r in rows:
+            w.writerow(["" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in METRICS_COLUMNS])
+
+
+def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
+    train = to_plain(params.train)
+    model_cfg = train[params.cell(cell_id).model]
+    return config_hash({"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": model_cfg,
+                        "norm": train["norm"], "noise": train["noise"], "data": data_sha})
+
+
+def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scratch: str) -> dict[str, Any]:
+    """Train (or resume) seed `seed` of `cell_id` inside `scratch`; return its run summary. Runs in a worker."""
+    params = from_dict(plain)
+    cell, train = params.cell(cell_id), params.train
+    ex = train.execution
+    scratch_dir = Path(scratch)
+    run_dir = scratch_dir / "runs" / f"s{seed}"
+    if (run_dir / "run.json").exists():
+        log.info("%s s%d: already finished in %s", cell_id, seed, run_dir)
+        return {"seed": seed, "skipped": True}
+    device = resolve_device(ex.device)
+    task = make_task(train, cell, seed, Path(data_path) if data_path else None, device)
+    model_cfg = train.vgg if cell.model == "vgg" else train.dln
+    loop_cfg = LoopConfig(
+        run_id=f"{cell.model}/{cell.run_id(seed)}", lr=cell.lr, steps=model_cfg.steps, log_every=model_cfg.log_every,
+        eval_every=getattr(model_cfg, "eval_every", None), checkpoint_steps=model_cfg.checkpoint_steps,
+        momentum=getattr(model_cfg, "momentum", 0.0), weight_decay=getattr(model_cfg, "weight_decay", 0.0),
+        precision=getattr(model_cfg, "precision", "fp32"), sync_every=ex.sync_every, resume_every_s=ex.resume_every_s,
+        progress_every_s=ex.progress_every_s)
+    data_sha = task.data_info.get("source_sha256")
+    fingerprint = run_fingerprint(params, cell_id, seed, data_sha)
+    ckpt_meta = {"cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr, "seed": seed,
+                 "fingerprint": fingerprint, "model_config": to_plain(model_cfg)}
+    state_dir = scratch_dir / "state" / f"s{seed}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = scratch_dir / "checkpoints" / f"s{seed}"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    outcome = train_loop(task, loop_cfg, state_dir, ckpt_dir, ckpt_meta, fingerprint)
+
+    write_metrics(run_dir / "metrics.csv", outcome.rows)
+    summary = {
+        "run_id": cell.run_id(seed), "cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr,
+        "seed": seed, "status": "diverged" if outcome.diverged else "completed", "diverged": outcome.diverged,
+        "diverged_at_step": outcome.diverged_at_step, "n_steps": outcome.n_steps, "step_budget": model_cfg.steps,
+        "wall_s": round(outcome.wall_s, 3), "steps_per_s": round(outcome.n_steps / max(outcome.wall_s, 1e-9), 2),
+        "resumed_from_step": outcome.resumed_from, "fingerprint": fingerprint,
+        "streams": {s: seeds.stream_seed(train.seeds.base, seed, s) for s in ("init", "data", "noise")},
+        "data": task.data_info,
+        "provenance": provenance({"cell": to_plain(cell), "train": {k: v for k, v in to_plain(train).items()
+                                                                     if k != "grid"}}, str(device)),
+    }
+    write_json(run_dir / "run.json", summary)  # written last: marks the seed finished
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return summary
+
+
+def _worker_init(threads: int, quiet: bool) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s")
+
+
+def train_cell(params: Params, cell_id: str, data_path: Path | None, runs_dir: Path, ckpt_dir: Path, *,
+               force: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
+    """Train every seed of `cell_id` and publish `runs_dir/s{seed}/` and `ckpt_dir/s{seed}/`."""
+    cell = params.cell(cell_id)
+    scratch = Path(params.out_dir) / ".partial" / cell_id
+    # A job killed between the two publishing renames left checkpoints in place and finished runs in scratch.
+    half_published = ckpt_dir.exists() and not (scratch / "checkpoints").exists() and (scratch / "runs").exists()
+    check_absent(runs_dir, force=force)
+    if not half_published:
+        check_absent(ckpt_dir, force=force)
+    if cell.model == "vgg" and (data_path is None or not data_path.exists()):
+        raise DataError(f"{data_path}: prepared dataset not found; run `python -m bnflow prepare` first")
+    scratch.mkdir(parents=True, exist_ok=True)
+    plain = to_plain(params)
+    seed_list = list(params.train.seeds.indices)
+    device = resolve_device(params.train.execution.device)
+    procs = min(params.train.execution.parallel_runs, len(seed_list))
+    if device.type == "cpu":
+        procs = min(procs, os.cpu_count() or 1)
+    jobs = [(plain, cell_id, s, str(data_path) if data_path else None, str(scratch)) for s in seed_list]
+    if procs <= 1:
+        summaries = [train_seed(*job) for job in jobs]
+    else:
+        threads = max(1, (os.cpu_count() or 1) // procs) if device.type == "cpu" else 1
+        with mp.get_context("spawn").Pool(procs, initializer=_worker_init, initargs=(threads, quiet)) as pool:
+            summaries = pool.starmap(train_seed, jobs)
+    if not half_published:
+        publish_dir(scratch / "checkpoints", ckpt_dir, force=force)
+    publish_dir(scratch / "runs", runs_dir, force=force)  # last: a cell's runs folder means the cell is complete
+    shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        scratch.parent.rmdir()  # .partial/ itself, once no cell is in progress
+    return summaries

@@ -1,0 +1,193 @@
+"""One training run: SGD steps with device-side metrics, checkpoints, resume states and divergence detection.
+
+Step numbering: update t (t = 0 .. steps-1) uses the weights θ_t and step t's mini-batch; "the weights at step s"
+are θ_s, after s updates. A train row at step t holds the loss/accuracy of step t's mini-batch at θ_t; a test row at
+step s evaluates θ_s; checkpoint `step{s}` holds θ_s.
+
+Resume: at the first host sync after every `resume_every_s` seconds, the run's whole state (weights, BN buffers, optimiser state, noise-generator state,
+metrics so far, wall time) is written atomically to the run's scratch folder. Data order is a stateless function of
+(seed, epoch), so a run killed at any moment and restarted continues bit-identically (on CPU) from that state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnflow.io import atomic_path
+
+log = logging.getLogger("bnflow.train")
+RESUME_FILE = "resume.pt"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the loop needs to know, whatever the task."""
+
+    run_id: str
+    lr: float
+    steps: int
+    log_every: int
+    eval_every: int | None  # None: the task has no test set (DLN)
+    checkpoint_steps: tuple[int, ...]
+    momentum: float
+    weight_decay: float
+    precision: str
+    sync_every: int
+    resume_every_s: float
+    progress_every_s: float
+
+
+@dataclass
+class RunOutcome:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged: bool = False
+    diverged_at_step: int | None = None
+    n_steps: int = 0
+    wall_s: float = 0.0
+    resumed_from: int | None = None
+
+
+def config_hash(obj: Any) -> str:
+    """Fingerprint of everything that determines a run's numbers (a resume state must match it)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, step: int, meta: dict[str, Any]) -> None:
+    """θ_step and the BN/ℓp buffers, plus what built the model, in a file `torch.load(weights_only=True)` reads."""
+    state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"step": step, "state_dict": state, "meta": meta}, tmp)
+
+
+def _save_resume(path: Path, model, opt, generators, outcome: RunOutcome, next_step: int, fingerprint: str) -> None:
+    with atomic_path(path, durable=False) as tmp:
+        torch.save({
+            "fingerprint": fingerprint,
+            "next_step": next_step,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generators": [g.get_state() for g in generators],
+            "rows": outcome.rows,
+            "wall_s": outcome.wall_s,
+        }, tmp)
+
+
+def _load_resume(path: Path, model, opt, generators, fingerprint: str) -> tuple[int, RunOutcome] | None:
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s: resume state is from different params; starting this run afresh", path)
+        return None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for g, s in zip(generators, state["generators"], strict=True):
+        g.set_state(s)
+    outcome = RunOutcome(rows=list(state["rows"]), wall_s=float(state["wall_s"]), resumed_from=state["next_step"])
+    return int(state["next_step"]), outcome
+
+
+def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: dict[str, Any],
+               fingerprint: str) -> RunOutcome:
+    """Train `task.model` for cfg.steps SGD steps (or until divergence), writing checkpoints into `ckpt_dir`."""
+    model, device = task.model, task.device
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    resume_path = scratch / RESUME_FILE
+    start, outcome = 0, RunOutcome()
+    resumed = _load_resume(resume_path, model, opt, task.generators, fingerprint)
+    if resumed is not None:
+        start, outcome = resumed
+        log.info("%s: resuming at step %d", cfg.run_id, start)
+    checkpoints = set(cfg.checkpoint_steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    # Per-step metrics stay on the device and are copied out every sync_every steps: no host sync in the hot loop.
+    losses = torch.zeros(cfg.sync_every, dtype=torch.float32, device=device)
+    corrects = torch.zeros(cfg.sync_every, dtype=torch.int64, device=device)
+    pending: list[int] = []
+    batch_size = None
+    proc_start = last_progress = last_resume = time.perf_counter()
+    t_start = proc_start - outcome.wall_s  # wall time accumulates across resumes
+
+    def flush() -> bool:
+        """Copy pending metrics to rows; return False (and mark the run diverged) on a non-finite loss."""
+        if not pending:
+            return True
+        host_loss = losses[:len(pending)].tolist()
+        host_correct = corrects[:len(pending)].tolist()
+        wall = time.perf_counter() - t_start
+        for i, t in enumerate(pending):
+            finite = math.isfinite(host_loss[i])
+            if t % cfg.log_every == 0 or t == cfg.steps - 1 or not finite:
+                acc = host_correct[i] / batch_size if task.correct_is_defined else None
+                outcome.rows.append({"step": t, "split": "train", "loss": host_loss[i], "acc": acc, "wall_s": wall})
+            if not finite:
+                outcome.diverged, outcome.diverged_at_step, outcome.n_steps = True, t, t
+                pending.clear()
+                return False
+        pending.clear()
+        return True
+
+    def evaluate(step: int) -> None:
+        result = task.evaluate()
+        if result is not None:
+            loss, acc = result
+            outcome.rows.append({"step": step, "split": "test", "loss": loss, "acc": acc,
+                                 "wall_s": time.perf_counter() - t_start})
+
+    for t in range(start, cfg.steps):
+        if t in checkpoints:
+            save_checkpoint(ckpt_dir / f"step{t:06d}.pt", model, t, ckpt_meta)
+        if cfg.eval_every is not None and t % cfg.eval_every == 0:
+            evaluate(t)
+        batch = task.batch(t)
+        batch_size = len(batch.y)
+        with autocast:
+            out = model(batch.x)
+        loss = task.loss(out.float(), batch.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        slot = len(pending)
+        losses[slot] = loss.detach()
+        correct = task.correct(out.detach(), batch.y)
+        if correct is not None:
+            corrects[slot] = correct
+        pending.append(t)
+        done = t + 1
+        if len(pending) == cfg.sync_every or done == cfg.steps:
+            if not flush():
+                break
+            outcome.wall_s = time.perf_counter() - t_start
+            if done < cfg.steps and time.perf_counter() - last_resume >= cfg.resume_every_s:
+                _save_resume(resume_path, model, opt, task.generators, outcome, done, fingerprint)
+                last_resume = time.perf_counter()
+            if cfg.progress_every_s and time.perf_counter() - last_progress >= cfg.progress_every_s:
+                last_progress = time.perf_counter()
+                rate = (done - start) / max(1e-9, last_progress - proc_start)
+                _progress(cfg, done, outcome, rate)
+    else:
+        outcome.n_steps = cfg.steps
+        if cfg.steps in checkpoints:
+            save_checkpoint(ckpt_dir / f"step{cfg.steps:06d}.pt", model, cfg.steps, ckpt_meta)
+        if cfg.eval_every is not None:
+            evaluate(cfg.steps)
+    outcome.wall_s = time.perf_counter() - t_start
+    return outcome
+
+
+def _progress(cfg: LoopConfig, done: int, outcome: RunOutcome, rate: float) -> None:
+    last = next((r for r in reversed(outcome.rows) if r["split"] == "train"), None)
+    eta = (cfg.steps - done) / rate if rate > 0 else float("inf")
+    log.info("%s: step %d/%d (%.0f%%) %.1f steps/s ETA %.0fs loss %s", cfg.run_id, done, cfg.steps,
+             100.0 * done / cfg.steps, rate, eta, f"{last['loss']:.4g}" if last else "-")

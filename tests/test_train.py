@@ -1,0 +1,189 @@
+"""The train step: learning, determinism, resume after a kill, divergence as an outcome, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from bnflow import seeds
+from bnflow.config import from_dict, merge, read_yaml, to_plain
+from bnflow.data import make_synthetic, save_prepared
+from bnflow.errors import OutputExistsError
+from bnflow.train.cell import train_cell
+from bnflow.train.tasks import VggTask
+from conftest import ROOT, tiny_params
+
+VALUE_COLUMNS = ["step", "split", "loss", "acc"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "dataset.npz"
+    save_prepared(path, make_synthetic(0, 256, 64))
+    return path
+
+
+def run_cell(params, cell, data, root: Path, **kw):
+    return train_cell(params, cell, data, root / "runs" / cell, root / "ckpt" / cell, **kw)
+
+
+def metrics(root: Path, cell: str, seed: int = 0) -> pd.DataFrame:
+    return pd.read_csv(root / "runs" / cell / f"s{seed}" / "metrics.csv")
+
+
+def test_vgg_and_dln_learn(tmp_path, dataset):
+    p = tiny_params(tmp_path, vgg={"steps": 60, "checkpoint_steps": [0, 60]})
+    run_cell(p, "vgg-bn-lr0.1", dataset, tmp_path)
+    run_cell(p, "dln-standard-lr1e-06", dataset, tmp_path)
+    vgg = metrics(tmp_path, "vgg-bn-lr0.1")
+    train = vgg[vgg.split == "train"]
+    assert train.loss.iloc[-5:].mean() < 0.8 * torch.log(torch.tensor(10.0)).item()  # below chance-level loss
+    test = vgg[vgg.split == "test"]
+    assert list(test.step) == [0, 10, 20, 30, 40, 50, 60] and test.acc.iloc[-1] > 0.2
+    dln = metrics(tmp_path, "dln-standard-lr1e-06")
+    assert dln.loss.iloc[-1] < dln.loss.iloc[0] and dln.acc.isna().all() and (dln.split == "train").all()
+    summary = json.loads((tmp_path / "runs" / "vgg-bn-lr0.1" / "s0" / "run.json").read_text())
+    assert summary["status"] == "completed" and summary["n_steps"] == 60
+    prov = summary["provenance"]
+    assert prov["params"]["cell"] == {"model": "vgg", "variant": "bn", "lr": 0.1}
+    assert prov["packages"]["torch"] == torch.__version__.split("+")[0] or prov["packages"]["torch"]
+    assert prov["device"]["device"] == "cpu" and prov["git_revision"]
+    ckpts = sorted(p.name for p in (tmp_path / "ckpt" / "vgg-bn-lr0.1" / "s0").iterdir())
+    assert ckpts == ["step000000.pt", "step000060.pt"]
+    ck = torch.load(tmp_path / "ckpt" / "vgg-bn-lr0.1" / "s0" / "step000060.pt", weights_only=True)
+    assert ck["step"] == 60 and ck["meta"]["variant"] == "bn" and "blocks.0.1.running_mean" in ck["state_dict"]
+    assert not (Path(p.out_dir) / ".partial").exists()
+
+
+def test_same_seed_gives_identical_metrics_and_variants_share_data_order(tmp_path, dataset):
+    p = tiny_params(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_cell(p, "vgg-noisy_bn-lr0.1", dataset, a)
+    run_cell(p, "vgg-noisy_bn-lr0.1", dataset, b)
+    pd.testing.assert_frame_equal(metrics(a, "vgg-noisy_bn-lr0.1")[VALUE_COLUMNS],
+                                  metrics(b, "vgg-noisy_bn-lr0.1")[VALUE_COLUMNS])
+    tasks = [VggTask(p.train, p.cell(c), 0, dataset, torch.device("cpu")) for c in ("vgg-standard-lr0.1", "vgg-bn-lr0.1")]
+    for step in (0, 15, 16, 40):  # 16 steps per epoch: crosses epochs
+        assert torch.equal(tasks[0].batch_indices(step), tasks[1].batch_indices(step))
+    other_seed = VggTask(p.train, p.cell("vgg-bn-lr0.1"), 1, dataset, torch.device("cpu"))
+    assert not torch.equal(other_seed.batch_indices(0), tasks[0].batch_indices(0))
+    epoch = torch.cat([tasks[0].batch_indices(s) for s in range(16)])
+    assert len(set(epoch.tolist())) == 256  # one epoch visits every image once
+
+
+def test_resume_after_a_crash_is_bit_identical(tmp_path, dataset, monkeypatch):
+    p = tiny_params(tmp_path)
+    cell = "vgg-noisy_bn-lr0.1"  # noise generator state must survive the restart too
+    run_cell(p, cell, dataset, tmp_path / "ref")
+
+    crashed = tmp_path / "crashed"
+    original = VggTask.batch
+
+    def dies_at_step_23(self, step):
+        if step == 23:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, step)
+
+    monkeypatch.setattr(VggTask, "batch", dies_at_step_23)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(p, cell, dataset, crashed)
+    assert not (crashed / "runs" / cell).exists()  # nothing published
+    assert (Path(p.out_dir) / ".partial" / cell / "state" / "s0" / "resume.pt").exists()
+    monkeypatch.setattr(VggTask, "batch", original)
+    summaries = run_cell(p, cell, dataset, crashed)
+    assert summaries[0]["resumed_from_step"] == 21  # the last host sync (every 7 steps) before the crash
+    pd.testing.assert_frame_equal(metrics(tmp_path / "ref", cell)[VALUE_COLUMNS], metrics(crashed, cell)[VALUE_COLUMNS])
+    for name in ("step000010.pt", "step000030.pt"):
+        ref = torch.load(tmp_path / "ref" / "ckpt" / cell / "s0" / name, weights_only=True)["state_dict"]
+        got = torch.load(crashed / "ckpt" / cell / "s0" / name, weights_only=True)["state_dict"]
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_resume_state_from_other_params_is_not_used(tmp_path, dataset, monkeypatch):
+    p = tiny_params(tmp_path)
+    original = VggTask.batch
+    monkeypatch.setattr(VggTask, "batch", lambda self, step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 23
+                        else original(self, step))
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(p, "vgg-bn-lr0.1", dataset, tmp_path / "x")
+    monkeypatch.setattr(VggTask, "batch", original)
+    changed = tiny_params(tmp_path, norm={"eps": 1e-3})
+    summaries = run_cell(changed, "vgg-bn-lr0.1", dataset, tmp_path / "x")
+    assert summaries[0]["resumed_from_step"] is None
+
+
+def test_divergence_is_an_outcome_not_a_crash(tmp_path, dataset):
+    p = tiny_params(tmp_path)
+    raw = to_plain(p)
+    raw["train"]["grid"]["vgg-standard-lr1000"] = {"model": "vgg", "variant": "standard", "lr": 1000.0}
+    p = from_dict(raw)
+    summaries = run_cell(p, "vgg-standard-lr1000", dataset, tmp_path)
+    s = summaries[0]
+    assert s["diverged"] and s["status"] == "diverged" and s["n_steps"] < p.train.vgg.steps
+    m = metrics(tmp_path, "vgg-standard-lr1000")
+    train = m[m.split == "train"]
+    assert not pd.isna(train.loss.iloc[:-1]).any() or len(train) == 1
+    assert not torch.isfinite(torch.tensor(train.loss.iloc[-1]))
+    assert train.step.iloc[-1] == s["diverged_at_step"]
+
+
+def test_completed_results_are_never_overwritten(tmp_path, dataset):
+    p = tiny_params(tmp_path)
+    run_cell(p, "dln-bn-lr1e-06", dataset, tmp_path)
+    before = (tmp_path / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").read_bytes()
+    with pytest.raises(OutputExistsError, match="already holds completed results"):
+        run_cell(p, "dln-bn-lr1e-06", dataset, tmp_path)
+    assert (tmp_path / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").read_bytes() == before
+    run_cell(p, "dln-bn-lr1e-06", dataset, tmp_path, force=True)  # explicit
+
+
+def test_streams_are_independent_and_keyed():
+    assert seeds.stream_seed(0, 0, "init") != seeds.stream_seed(0, 0, "data")
+    assert seeds.stream_seed(0, 0, "data") != seeds.stream_seed(0, 1, "data")
+    assert seeds.stream_seed(0, 0, "data", 3) == seeds.stream_seed(0, 0, "data", 3)
+    with pytest.raises(ValueError, match="unknown random stream"):
+        seeds.stream_seed(0, 0, "dropout")
+
+
+def test_sigkill_then_same_command_resumes_and_matches(tmp_path, dataset):
+    """A real kill -9 of the CLI mid-run, then the same command: the results equal an uninterrupted run."""
+    raw = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ROOT / "workflow" / "quick.yaml"))
+    raw["out_dir"] = str(tmp_path / "out")
+    raw["train"] = merge(raw["train"], {"seeds": {"n": 1}, "execution": {"parallel_runs": 1, "resume_every_s": 0,
+                                                                         "sync_every": 5},
+                                        "vgg": {"steps": 200, "batch_size": 16, "eval_every": 100,
+                                                "checkpoint_steps": [0, 200]}})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    cell = "vgg-bn-lr0.1"
+
+    def command(root: Path) -> list[str]:
+        return [sys.executable, "-m", "bnflow", "train", "--params", str(params_file), "--cell", cell, "--data",
+                str(dataset), "--runs-dir", str(root / "runs" / cell), "--checkpoints-dir", str(root / "ckpt" / cell),
+                "--quiet"]
+
+    resume = tmp_path / "out" / ".partial" / cell / "state" / "s0" / "resume.pt"
+    proc = subprocess.Popen(command(tmp_path / "killed"), cwd=ROOT, start_new_session=True)
+    deadline = time.time() + 120
+    while not resume.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "runs" / cell).exists(), "killed before finishing: nothing may be published"
+    subprocess.run(command(tmp_path / "killed"), cwd=ROOT, check=True)
+    subprocess.run(command(tmp_path / "ref"), cwd=ROOT, check=True)
+    got = json.loads((tmp_path / "killed" / "runs" / cell / "s0" / "run.json").read_text())
+    assert got["resumed_from_step"] is not None and got["resumed_from_step"] > 0
+    pd.testing.assert_frame_equal(metrics(tmp_path / "ref", cell)[VALUE_COLUMNS],
+                                  metrics(tmp_path / "killed", cell)[VALUE_COLUMNS])
