@@ -26,6 +26,7 @@ def prepare(cfg: PrepareConfig, output: Path, *, force: bool = False) -> Prepare
     """Write the prepared dataset to `output` atomically; an existing file is kept unless `force`."""
     check_absent(output, force=force)
     data = build_dataset(cfg)
+    output.parent.mkdir(parents=True, exist_ok=True)
     save_prepared(output, data)
     log.info("prepared %s: %d train / %d test images, %d classes, mean %s std %s -> %s", data.source,
              len(data.train_labels), len(data.test_labels), len(data.classes),
