@@ -32,6 +32,7 @@ wildcard_constraints:
 
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/probe.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -39,3 +40,4 @@ rule all:
     default_target: True
     input:
         f"{OUT}/figures",
+        expand(f"{OUT}/probes/{{cell}}", cell=CELLS),

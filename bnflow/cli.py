@@ -39,6 +39,12 @@ def _run_train(p: Params, a: argparse.Namespace) -> None:
     train_cell(p, a.cell, a.data, a.runs_dir, a.checkpoints_dir, force=a.force, quiet=a.quiet)
 
 
+def _run_probe(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.probes.checkpoint import probe_cell
+
+    probe_cell(p, a.cell, a.checkpoints_dir, a.data, a.output, force=a.force)
+
+
 def _run_figures(p: Params, a: argparse.Namespace) -> None:
     from bnflow.figures import render_figures
 
@@ -68,6 +74,16 @@ STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
             sp.add_argument("--checkpoints-dir", type=Path, required=True, help="where checkpoints go"),
         ),
         _run_train,
+    ),
+    "probe": (
+        "probe the saved checkpoints of one grid cell: loss landscape, gradient predictiveness, ICS, activations",
+        lambda sp: (
+            sp.add_argument("--cell", required=True, help="grid cell id from train.grid, e.g. vgg-bn-lr0.1"),
+            sp.add_argument("--data", type=Path, help="prepared dataset (.npz); required for VGG cells"),
+            sp.add_argument("--checkpoints-dir", type=Path, required=True, help="the cell's checkpoints folder"),
+            sp.add_argument("--output", type=Path, required=True, help="folder for s{seed}/ probe tables"),
+        ),
+        _run_probe,
     ),
     "figures": (
         "render the figures from the runs' tidy outputs",

@@ -24,6 +24,8 @@ MODELS = ("vgg", "dln")
 VARIANTS = ("standard", "bn", "noisy_bn", "noisy_standard", "l1", "l2", "linf")
 CELL_ID = re.compile(r"^(?P<model>[a-z0-9]+)-(?P<variant>[a-z0-9_]+)-lr(?P<lr>[0-9.e+-]+)$")
 REPLACED_BY_OVERLAY = (("train", "grid"),)
+VGG_LAYERS = {"vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+              "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
 
 
 def rule(*, ge: float | None = None, gt: float | None = None, le: float | None = None, nonempty: bool = False):
@@ -111,6 +113,42 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class ModelProbeConfig:
+    """What a probe measures on one model (PROTOCOL §4-5); layers are 1-based conv/linear indices."""
+
+    eta_factors: tuple[float, ...] = rule(gt=0, nonempty=True)
+    ics_layers: tuple[int, ...] = rule(ge=1)
+    activation_layers: tuple[int, ...] = rule(ge=1)
+
+
+@dataclass(frozen=True)
+class DenseModelProbeConfig(ModelProbeConfig):
+    every: int = rule(ge=0)
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    n_channels: int = rule(ge=0)
+    n_units: int = rule(ge=0)
+    params: Literal["all", "weights"]
+    ics_update: Literal["all", "weights"]
+    activation_point: Literal["pre_relu", "post_relu"]
+
+
+@dataclass(frozen=True)
+class DenseProbeConfig(ProbeOptions):
+    vgg: DenseModelProbeConfig
+    dln: DenseModelProbeConfig
+
+
+@dataclass(frozen=True)
+class ProbeConfig(ProbeOptions):
+    vgg: ModelProbeConfig
+    dln: ModelProbeConfig
+    direction: Literal["gradient", "random"]
+
+
+@dataclass(frozen=True)
 class Cell:
     """One grid cell: a model, a variant and an lr, trained for every seed index."""
 
@@ -134,6 +172,7 @@ class TrainConfig:
     noise: NoiseConfig
     vgg: VggConfig
     dln: DlnConfig
+    probes: DenseProbeConfig
     execution: ExecutionConfig
     grid: dict[str, Cell] = rule(nonempty=True)
 
@@ -149,6 +188,7 @@ class Params:
     out_dir: str
     prepare: PrepareConfig
     train: TrainConfig
+    probe: ProbeConfig
     figures: FiguresConfig
 
     def cell(self, cell_id: str) -> Cell:
@@ -251,6 +291,15 @@ def _check_semantics(p: Params) -> None:
             raise ConfigError(f"train.{model}.checkpoint_steps: {bad[0]} is outside 0..{cfg.steps} (train.{model}.steps)")
         if list(cfg.checkpoint_steps) != sorted(set(cfg.checkpoint_steps)):
             raise ConfigError(f"train.{model}.checkpoint_steps: must be strictly increasing")
+    n_layers = {"vgg": sum(1 for c in VGG_LAYERS[p.train.vgg.arch] if c != "M"), "dln": p.train.dln.depth}
+    for section, cfg in (("train.probes", p.train.probes), ("probe", p.probe)):
+        for model in MODELS:
+            mcfg = getattr(cfg, model)
+            for key in ("ics_layers", "activation_layers"):
+                bad = [k for k in getattr(mcfg, key) if k > n_layers[model]]
+                if bad:
+                    raise ConfigError(f"{section}.{model}.{key}: layer {bad[0]} does not exist; the {model} has "
+                                      f"{n_layers[model]} layers")
     device = p.train.execution.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"train.execution.device: {device!r} is not auto, cpu, cuda or cuda:N")

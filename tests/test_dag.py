@@ -40,7 +40,7 @@ def dvc_stages() -> set[tuple[str, str, frozenset[str]]]:
 
 def test_snakemake_and_dvc_describe_the_same_dag():
     smk, dvc = snakemake_jobs(), dvc_stages()
-    assert {j[0] for j in smk} == {"prepare", "train", "figures"}
+    assert {j[0] for j in smk} == {"prepare", "train", "probe", "figures"}
     assert smk == dvc, f"only in Snakemake: {smk - dvc}\nonly in DVC: {dvc - smk}"
 
 

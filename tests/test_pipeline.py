@@ -18,7 +18,9 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 SHRINK = {"prepare": {"synthetic": {"n_train": 400, "n_test": 100}},
           "train": {"vgg": {"steps": 40, "eval_every": 20, "checkpoint_steps": [0, 40]},
-                    "dln": {"depth": 6, "steps": 60, "checkpoint_steps": [0, 60]}}}
+                    "dln": {"depth": 6, "steps": 60, "checkpoint_steps": [0, 60]},
+                    "probes": {"dln": {"ics_layers": [2, 4], "activation_layers": [1, 6]}}},
+          "probe": {"dln": {"ics_layers": [2, 4], "activation_layers": [1, 6]}}}
 
 
 def workspace(tmp_path: Path) -> Path:

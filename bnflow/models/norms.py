@@ -13,7 +13,9 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-NORMS = ("standard", "bn", "noisy_bn", "noisy_standard", "l1", "l2", "linf")
+from bnflow.config import VARIANTS
+
+NORMS = VARIANTS  # the variant names params.yaml accepts (bnflow.config)
 """Variant names, as spelled in params.yaml, run ids and figures (STYLE §6)."""
 
 _LP_BY_NAME = {"l1": 1.0, "l2": 2.0, "linf": math.inf}

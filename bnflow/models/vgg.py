@@ -9,13 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnflow.config import VGG_LAYERS
 from bnflow.models.norms import NORMS, NoiseSpec, make_norm
 
-VGG_CONFIGS = {
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-}
-"""Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A)."""
+# Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A); the table lives with the
+# params that name the architectures (bnflow.config), so validation and model building cannot disagree.
+VGG_CONFIGS = VGG_LAYERS
 
 
 def require_cpu_generator(generator: torch.Generator | None, what: str) -> torch.Generator:

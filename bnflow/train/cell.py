@@ -9,7 +9,6 @@ and later steps never see a half-written cell.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import multiprocessing as mp
 import os
@@ -22,7 +21,8 @@ import torch
 from bnflow import seeds
 from bnflow.config import Params, from_dict, to_plain
 from bnflow.errors import ConfigError, DataError
-from bnflow.io import atomic_path, check_absent, provenance, publish_dir, write_json
+from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
+from bnflow.probes.runner import TABLES, Prober, ProbePlan
 from bnflow.train.loop import LoopConfig, config_hash, train_loop
 from bnflow.train.tasks import make_task
 
@@ -40,20 +40,13 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The tidy per-run metrics CSV; floats with repr precision so reruns can be compared exactly."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(METRICS_COLUMNS)
-        for r in rows:
-            w.writerow(["" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in METRICS_COLUMNS])
-
-
 def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
     train = to_plain(params.train)
     model_cfg = train[params.cell(cell_id).model]
+    probes = {k: v for k, v in train["probes"].items() if k not in ("vgg", "dln")} | {
+        "model": train["probes"][params.cell(cell_id).model]}
     return config_hash({"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": model_cfg,
-                        "norm": train["norm"], "noise": train["noise"], "data": data_sha})
+                        "norm": train["norm"], "noise": train["noise"], "probes": probes, "data": data_sha})
 
 
 def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scratch: str) -> dict[str, Any]:
@@ -83,9 +76,18 @@ def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scra
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = scratch_dir / "checkpoints" / f"s{seed}"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    outcome = train_loop(task, loop_cfg, state_dir, ckpt_dir, ckpt_meta, fingerprint)
+    dense = train.probes
+    probe_cfg = getattr(dense, cell.model)
+    prober = None
+    if probe_cfg.every:
+        plan = ProbePlan.build(probe_cfg, dense, cell.lr)
+        prober = Prober(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=train.seeds.base, seed=seed,
+                        generators=task.generators)
+    outcome = train_loop(task, loop_cfg, state_dir, ckpt_dir, ckpt_meta, fingerprint, prober, probe_cfg.every)
 
-    write_metrics(run_dir / "metrics.csv", outcome.rows)
+    write_table(run_dir / "metrics.csv", outcome.tables["metrics"], METRICS_COLUMNS)
+    for name in TABLES if prober is not None else ():
+        write_table(run_dir / f"{name}.csv", outcome.tables.get(name, []))
     summary = {
         "run_id": cell.run_id(seed), "cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr,
         "seed": seed, "status": "diverged" if outcome.diverged else "completed", "diverged": outcome.diverged,

@@ -11,6 +11,7 @@ metrics so far, wall time) is written atomically to the run's scratch folder. Da
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from bnflow.io import atomic_path
+from bnflow.probes.activations import recording
 
 log = logging.getLogger("bnflow.train")
 RESUME_FILE = "resume.pt"
@@ -48,7 +50,9 @@ class LoopConfig:
 
 @dataclass
 class RunOutcome:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Tidy tables by name ("metrics" and, with dense probes, bnflow.probes.runner.TABLES) and the run's fate."""
+
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"metrics": []})
     diverged: bool = False
     diverged_at_step: int | None = None
     n_steps: int = 0
@@ -61,11 +65,14 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, step: int, meta: dict[str, Any]) -> None:
-    """θ_step and the BN/ℓp buffers, plus what built the model, in a file `torch.load(weights_only=True)` reads."""
+def save_checkpoint(path: Path, model: torch.nn.Module, step: int, meta: dict[str, Any],
+                    generators: list[torch.Generator]) -> None:
+    """θ_step, the BN/ℓp buffers, the noise-generator states before step `step`'s forward (so a checkpoint-wise
+    probe sees the step's own noise) and what built the model, in a file `torch.load(weights_only=True)` reads."""
     state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"step": step, "state_dict": state, "meta": meta}, tmp)
+        torch.save({"step": step, "state_dict": state, "meta": meta,
+                    "noise_state": [g.get_state() for g in generators]}, tmp)
 
 
 def _save_resume(path: Path, model, opt, generators, outcome: RunOutcome, next_step: int, fingerprint: str) -> None:
@@ -76,7 +83,7 @@ def _save_resume(path: Path, model, opt, generators, outcome: RunOutcome, next_s
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "generators": [g.get_state() for g in generators],
-            "rows": outcome.rows,
+            "tables": outcome.tables,
             "wall_s": outcome.wall_s,
         }, tmp)
 
@@ -92,13 +99,18 @@ def _load_resume(path: Path, model, opt, generators, fingerprint: str) -> tuple[
     opt.load_state_dict(state["optimizer"])
     for g, s in zip(generators, state["generators"], strict=True):
         g.set_state(s)
-    outcome = RunOutcome(rows=list(state["rows"]), wall_s=float(state["wall_s"]), resumed_from=state["next_step"])
+    outcome = RunOutcome(tables=state["tables"], wall_s=float(state["wall_s"]), resumed_from=state["next_step"])
     return int(state["next_step"]), outcome
 
 
 def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: dict[str, Any],
-               fingerprint: str) -> RunOutcome:
-    """Train `task.model` for cfg.steps SGD steps (or until divergence), writing checkpoints into `ckpt_dir`."""
+               fingerprint: str, prober=None, probe_every: int = 0) -> RunOutcome:
+    """Train `task.model` for cfg.steps SGD steps (or until divergence), writing checkpoints into `ckpt_dir`.
+
+    With a `prober` (bnflow.probes.runner.Prober), every `probe_every` steps the probes run between the step's
+    backward and its update, on the step's own batch, gradient, noise and activations; they restore everything
+    they touch, so training stays bit-identical to a run without probes.
+    """
     model, device = task.model, task.device
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -130,7 +142,8 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
             finite = math.isfinite(host_loss[i])
             if t % cfg.log_every == 0 or t == cfg.steps - 1 or not finite:
                 acc = host_correct[i] / batch_size if task.correct_is_defined else None
-                outcome.rows.append({"step": t, "split": "train", "loss": host_loss[i], "acc": acc, "wall_s": wall})
+                outcome.tables["metrics"].append(
+                    {"step": t, "split": "train", "loss": host_loss[i], "acc": acc, "wall_s": wall})
             if not finite:
                 outcome.diverged, outcome.diverged_at_step, outcome.n_steps = True, t, t
                 pending.clear()
@@ -142,21 +155,30 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
         result = task.evaluate()
         if result is not None:
             loss, acc = result
-            outcome.rows.append({"step": step, "split": "test", "loss": loss, "acc": acc,
-                                 "wall_s": time.perf_counter() - t_start})
+            outcome.tables["metrics"].append({"step": step, "split": "test", "loss": loss, "acc": acc,
+                                              "wall_s": time.perf_counter() - t_start})
 
     for t in range(start, cfg.steps):
         if t in checkpoints:
-            save_checkpoint(ckpt_dir / f"step{t:06d}.pt", model, t, ckpt_meta)
+            save_checkpoint(ckpt_dir / f"step{t:06d}.pt", model, t, ckpt_meta, task.generators)
         if cfg.eval_every is not None and t % cfg.eval_every == 0:
             evaluate(t)
         batch = task.batch(t)
         batch_size = len(batch.y)
-        with autocast:
+        probing = prober is not None and probe_every > 0 and t % probe_every == 0
+        noise_state = [g.get_state() for g in task.generators] if probing else None
+        with autocast, (recording(model, prober.plan.activation_layers, prober.plan.options.activation_point)
+                        if probing else contextlib.nullcontext()) as acts:
             out = model(batch.x)
         loss = task.loss(out.float(), batch.y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if probing:
+            # The step's own fp32 gradient is g; under bf16 the probes recompute it in fp32 (PROTOCOL §5).
+            grads = {p: p.grad for p in model.parameters() if p.grad is not None} if cfg.precision == "fp32" else None
+            for name, rows in prober.probe(t, batch.x, batch.y, grads=grads, noise_state=noise_state,
+                                           acts=acts if cfg.precision == "fp32" else None).items():
+                outcome.tables.setdefault(name, []).extend(rows)
         opt.step()
         slot = len(pending)
         losses[slot] = loss.detach()
@@ -179,7 +201,7 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
     else:
         outcome.n_steps = cfg.steps
         if cfg.steps in checkpoints:
-            save_checkpoint(ckpt_dir / f"step{cfg.steps:06d}.pt", model, cfg.steps, ckpt_meta)
+            save_checkpoint(ckpt_dir / f"step{cfg.steps:06d}.pt", model, cfg.steps, ckpt_meta, task.generators)
         if cfg.eval_every is not None:
             evaluate(cfg.steps)
     outcome.wall_s = time.perf_counter() - t_start
@@ -187,7 +209,7 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
 
 
 def _progress(cfg: LoopConfig, done: int, outcome: RunOutcome, rate: float) -> None:
-    last = next((r for r in reversed(outcome.rows) if r["split"] == "train"), None)
+    last = next((r for r in reversed(outcome.tables["metrics"]) if r["split"] == "train"), None)
     eta = (cfg.steps - done) / rate if rate > 0 else float("inf")
     log.info("%s: step %d/%d (%.0f%%) %.1f steps/s ETA %.0fs loss %s", cfg.run_id, done, cfg.steps,
              100.0 * done / cfg.steps, rate, eta, f"{last['loss']:.4g}" if last else "-")

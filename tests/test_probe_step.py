@@ -1,0 +1,108 @@
+"""Dense probes inside training and the checkpoint-wise `probe` step: same numbers, no effect on training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bnflow.config import from_dict, to_plain
+from bnflow.data import make_synthetic, save_prepared
+from bnflow.errors import DataError
+from bnflow.probes.checkpoint import probe_cell
+from bnflow.train.cell import train_cell
+from conftest import tiny_params
+
+CELLS = ("vgg-noisy_bn-lr0.1", "dln-bn-lr1e-06")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "dataset.npz"
+    save_prepared(path, make_synthetic(1, 256, 64))
+    return path
+
+
+def probed_params(tmp_path: Path, every: int = 10, **probe):
+    raw = to_plain(tiny_params(tmp_path))
+    raw["train"]["probes"]["vgg"].update(every=every, ics_layers=[3, 6], activation_layers=[2, 8])
+    raw["train"]["probes"]["dln"].update(every=every, ics_layers=[2, 3], activation_layers=[1, 4])
+    raw["probe"]["vgg"].update(ics_layers=[3, 6], activation_layers=[2, 8])
+    raw["probe"]["dln"].update(ics_layers=[2, 3], activation_layers=[1, 4])
+    raw["probe"].update(probe)
+    return from_dict(raw)
+
+
+def train(params, cell, data, root):
+    train_cell(params, cell, data, root / "runs" / cell, root / "ckpt" / cell)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dense_probes_leave_training_bit_identical(tmp_path, dataset, cell):
+    train(probed_params(tmp_path, every=10), cell, dataset, tmp_path / "on")
+    train(probed_params(tmp_path, every=0), cell, dataset, tmp_path / "off")
+    on = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "metrics.csv")
+    off = pd.read_csv(tmp_path / "off" / "runs" / cell / "s0" / "metrics.csv")
+    pd.testing.assert_frame_equal(on.drop(columns="wall_s"), off.drop(columns="wall_s"))
+    last = sorted((tmp_path / "on" / "ckpt" / cell / "s0").iterdir())[-1].name
+    a = torch.load(tmp_path / "on" / "ckpt" / cell / "s0" / last, weights_only=True)
+    b = torch.load(tmp_path / "off" / "ckpt" / cell / "s0" / last, weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(x, y) for x, y in zip(a["noise_state"], b["noise_state"]))
+    assert not (tmp_path / "off" / "runs" / cell / "s0" / "landscape.csv").exists()
+    land = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "landscape.csv")
+    n_steps = 30 if cell.startswith("vgg") else 40
+    assert sorted(land.step.unique()) == list(range(0, n_steps, 10))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_checkpoint_wise_probes_agree_with_dense_ones(tmp_path, dataset, cell):
+    params = probed_params(tmp_path, every=10)
+    train(params, cell, dataset, tmp_path)
+    probe_cell(params, cell, tmp_path / "ckpt" / cell, dataset, tmp_path / "probes" / cell)
+    for table, keys in (("landscape", ["step", "eta"]), ("ics", ["step", "layer"]),
+                        ("act_channels", ["step", "layer", "channel"]), ("act_units", ["step", "layer", "unit"])):
+        dense = pd.read_csv(tmp_path / "runs" / cell / "s0" / f"{table}.csv")
+        ckpt = pd.read_csv(tmp_path / "probes" / cell / "s0" / f"{table}.csv")
+        assert set(ckpt.step) == ({0, 10, 30} if "vgg" in cell else {0, 20, 40})
+        both = dense.merge(ckpt, on=keys, suffixes=("_dense", "_ckpt"))
+        shared = set(dense.step) & set(ckpt.step)
+        assert len(both) == len(dense[dense.step.isin(shared)]) > 0, table
+        for col in dense.columns:
+            if col not in keys and pd.api.types.is_float_dtype(dense[col]):
+                np.testing.assert_allclose(both[f"{col}_ckpt"], both[f"{col}_dense"], rtol=2e-5, atol=1e-6,
+                                           err_msg=f"{table}.{col}")
+
+
+def test_random_directions_are_an_option_of_the_checkpoint_step(tmp_path, dataset):
+    params = probed_params(tmp_path, every=0, direction="random")
+    train(params, "vgg-bn-lr0.1", dataset, tmp_path)
+    probe_cell(params, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "rnd")
+    grad = probed_params(tmp_path, every=0)
+    probe_cell(grad, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "grad")
+    r = pd.read_csv(tmp_path / "rnd" / "s0" / "landscape.csv")
+    g = pd.read_csv(tmp_path / "grad" / "s0" / "landscape.csv")
+    assert (r.direction == "random").all() and (g.direction == "gradient").all()
+    np.testing.assert_allclose(r.loss0, g.loss0, rtol=1e-6)  # same point, same batch
+    assert not np.allclose(r.loss, g.loss)  # another direction
+    # ratio = grad_change / (eta * |d|) with |d| = |g|
+    np.testing.assert_allclose(r.ratio, r.grad_change / (r.eta * r.grad_norm), rtol=1e-6)
+
+
+def test_checkpoints_of_another_cell_or_other_params_are_refused(tmp_path, dataset):
+    params = probed_params(tmp_path, every=0)
+    train(params, "vgg-bn-lr0.1", dataset, tmp_path)
+    with pytest.raises(DataError, match="not of 'vgg-standard-lr0.1'"):
+        probe_cell(params, "vgg-standard-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "p1")
+    changed = from_dict(to_plain(params) | {"train": to_plain(params.train) | {
+        "norm": {"eps": 1e-3, "momentum": 0.1}}})
+    with pytest.raises(DataError, match="trained with other params"):
+        probe_cell(changed, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "p2")
+    bad = tmp_path / "ckpt" / "vgg-bn-lr0.1" / "s0" / "step000010.pt"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DataError, match="not a readable bnflow checkpoint"):
+        probe_cell(params, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "p3")
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p3").exists()
