@@ -33,6 +33,7 @@ wildcard_constraints:
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/probe.smk"
+include: "workflow/rules/stats.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -40,4 +41,5 @@ rule all:
     default_target: True
     input:
         f"{OUT}/figures",
+        f"{OUT}/stats/claims.csv",
         expand(f"{OUT}/probes/{{cell}}", cell=CELLS),

@@ -45,6 +45,18 @@ def _run_probe(p: Params, a: argparse.Namespace) -> None:
     probe_cell(p, a.cell, a.checkpoints_dir, a.data, a.output, force=a.force)
 
 
+def _run_summarize(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.summarize import summarize
+
+    summarize(p, a.runs_root, a.output, force=a.force)
+
+
+def _run_stats(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.stats.step import run_stats
+
+    run_stats(p, a.runs, a.output, force=a.force)
+
+
 def _run_figures(p: Params, a: argparse.Namespace) -> None:
     from bnflow.figures import render_figures
 
@@ -84,6 +96,22 @@ STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
             sp.add_argument("--output", type=Path, required=True, help="folder for s{seed}/ probe tables"),
         ),
         _run_probe,
+    ),
+    "summarize": (
+        "reduce every run to the per-run summaries of STATS.md (runs.csv)",
+        lambda sp: (
+            sp.add_argument("--runs-root", type=Path, required=True, help="folder holding one folder per grid cell"),
+            sp.add_argument("--output", type=Path, required=True, help="runs.csv to write"),
+        ),
+        _run_summarize,
+    ),
+    "stats": (
+        "decide every registered claim (claims:) from runs.csv: claims.csv, claims.json, claims.md",
+        lambda sp: (
+            sp.add_argument("--runs", type=Path, required=True, help="runs.csv from the summarize step"),
+            sp.add_argument("--output", type=Path, required=True, help="folder for claims.csv/json/md"),
+        ),
+        _run_stats,
     ),
     "figures": (
         "render the figures from the runs' tidy outputs",

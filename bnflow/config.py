@@ -178,6 +178,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SummarizeConfig:
+    acc_threshold: float = rule(gt=0, le=1)
+    smooth_window: int = rule(ge=1)
+    auc_steps: int = rule(ge=1)
+    final_window: int = rule(ge=1)
+    probe_window: tuple[float, ...] = rule(ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    seed: int = rule(ge=0)
+    ci_level: float = rule(gt=0.5, le=0.999)
+
+
+@dataclass(frozen=True)
 class FiguresConfig:
     dpi: int = rule(ge=30, le=1200)
     band: Literal["minmax", "sd"]
@@ -189,6 +204,9 @@ class Params:
     prepare: PrepareConfig
     train: TrainConfig
     probe: ProbeConfig
+    summarize: SummarizeConfig
+    stats: StatsConfig
+    claims: tuple  # of bnflow.stats.ClaimSpec, validated by bnflow.stats.parse_claims
     figures: FiguresConfig
 
     def cell(self, cell_id: str) -> Cell:
@@ -224,6 +242,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
         return types.MappingProxyType({str(k): _convert(v, item_tp, f"{key}.{k}") for k, v in value.items()})
+    if tp is tuple:  # the claims registry: validated by its own parser (it knows the metrics and families)
+        from bnflow.stats.claims import parse_claims
+
+        return parse_claims(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -300,6 +322,9 @@ def _check_semantics(p: Params) -> None:
                 if bad:
                     raise ConfigError(f"{section}.{model}.{key}: layer {bad[0]} does not exist; the {model} has "
                                       f"{n_layers[model]} layers")
+    lo_hi = p.summarize.probe_window
+    if len(lo_hi) != 2 or lo_hi[0] >= lo_hi[1]:
+        raise ConfigError(f"summarize.probe_window: must be [start, end] fractions with start < end, got {list(lo_hi)}")
     device = p.train.execution.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"train.execution.device: {device!r} is not auto, cpu, cuda or cuda:N")
@@ -360,6 +385,7 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+
 def _schema_of(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta = meta or {}
     if dataclasses.is_dataclass(tp):
@@ -376,6 +402,9 @@ def _schema_of(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> dict[st
     if origin is dict:
         out = {"type": "object", "additionalProperties": _schema_of(typing.get_args(tp)[1])}
         return out | ({"minProperties": 1} if meta.get("nonempty") else {})
+    if tp is tuple:
+        return {"type": "array", "minItems": 1, "items": {"type": "object"},
+                "description": "claims registry; see STATS.md and bnflow.stats.parse_claims"}
     out: dict[str, Any] = {"type": {int: "integer", float: "number", str: "string", bool: "boolean"}[tp]}
     for key, name in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum")):
         if meta.get(key) is not None:

@@ -40,7 +40,7 @@ def dvc_stages() -> set[tuple[str, str, frozenset[str]]]:
 
 def test_snakemake_and_dvc_describe_the_same_dag():
     smk, dvc = snakemake_jobs(), dvc_stages()
-    assert {j[0] for j in smk} == {"prepare", "train", "probe", "figures"}
+    assert {j[0] for j in smk} == {"prepare", "train", "probe", "summarize", "stats", "figures"}
     assert smk == dvc, f"only in Snakemake: {smk - dvc}\nonly in DVC: {dvc - smk}"
 
 
@@ -61,8 +61,10 @@ def test_dvc_stages_read_only_their_params_sections():
         keys = {s.name: {k for p in s.deps if hasattr(p, "params") for k in (p.params or [])}
                 for s in repo.index.stages}
     assert keys["prepare"] == {"prepare"}
-    assert keys["train@vgg-bn-lr0.1"] == {"train.seeds", "train.norm", "train.noise", "train.vgg"}
-    assert keys["train@dln-bn-lr1e-06"] == {"train.seeds", "train.norm", "train.noise", "train.dln"}
+    assert keys["train@vgg-bn-lr0.1"] == {"train.seeds", "train.norm", "train.noise", "train.vgg", "train.probes"}
+    assert keys["train@dln-bn-lr1e-06"] == {"train.seeds", "train.norm", "train.noise", "train.dln", "train.probes"}
+    assert keys["probe@vgg-bn-lr0.1"] == {"probe", "train.seeds"}
+    assert keys["stats"] == {"stats", "claims"}
 
 
 def test_rules_only_call_the_cli():

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from bnflow.figures.load import require_columns
+from bnflow.results import require_columns
 from bnflow.figures.style import VARIANT_COLORS, VARIANT_LABELS
 
 BAND_MEANING = {"minmax": "shaded: min–max across seeds", "sd": "shaded: mean ± 1 s.d. across seeds"}

@@ -10,9 +10,9 @@ import pandas as pd
 
 from bnflow.config import Params
 from bnflow.figures import style
-from bnflow.figures.load import load_runs
 from bnflow.figures.plots import BAND_MEANING, seed_curves, variant_label
 from bnflow.io import check_absent, publish_dir
+from bnflow.results import load_runs
 
 log = logging.getLogger("bnflow.figures")
 
@@ -69,7 +69,8 @@ FIGURES = {"fig01_accuracy": fig01_accuracy, "fig05b_dln_loss": fig05_dln_loss}
 def render_figures(params: Params, runs_root: Path, out_dir: Path, *, force: bool = False) -> list[Path]:
     """Render every figure the grid's data allows into `out_dir` (PNG + SVG each)."""
     check_absent(out_dir, force=force)
-    _, metrics = load_runs(params, runs_root)
+    _, tables = load_runs(params, runs_root)
+    metrics = tables["metrics"]
     style.setup()
     tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ rule train:
         cfg=lambda w: {
             "cell": section("train", "grid", w.cell),
             "model": section("train", P.cell(w.cell).model),
-            **{k: section("train", k) for k in ("seeds", "norm", "noise")},
+            **{k: section("train", k) for k in ("seeds", "norm", "noise", "probes")},
         },
     resources:
         gpu=1,
