@@ -53,6 +53,11 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     run(smk, ws)
     out = ws / "results" / "quick"
     assert {p.name for p in (out / "figures").iterdir()} >= {"fig01_accuracy.png", "fig01_accuracy.svg"}
+    claims = pd.read_csv(out / "stats" / "claims.csv")
+    assert len(claims) == 16 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
+    assert (out / "stats" / "claims.md").read_text().startswith("# Claims")
+    assert len(pd.read_csv(out / "stats" / "runs.csv")) == 8
+    assert (out / "probes" / "vgg-bn-lr0.1" / "s1" / "landscape.csv").exists()
     for cell in ("vgg-standard-lr0.1", "vgg-bn-lr0.1", "dln-standard-lr1e-06", "dln-bn-lr1e-06"):
         for seed in (0, 1):
             m = pd.read_csv(out / "runs" / cell / f"s{seed}" / "metrics.csv")
@@ -65,7 +70,7 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     quick["train"]["dln"]["checkpoint_steps"] = [0, 50]
     (ws / "workflow" / "quick.yaml").write_text(yaml.safe_dump(quick))
     plan = job_counts(run([*smk, "-n"], ws))
-    assert plan == {"train": 2, "figures": 1, "all": 1, "total": 4}, plan
+    assert plan == {"train": 2, "probe": 2, "summarize": 1, "stats": 1, "figures": 1, "all": 1, "total": 8}, plan
 
 
 def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
@@ -91,3 +96,15 @@ def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
     assert "Running stage 'prepare'" not in log and "Running stage 'train@vgg-bn-lr0.1'" not in log
     m = pd.read_csv(ws / "results" / "quick" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv")
     assert m.step.max() == 49
+
+    def changed_after(edit) -> set[str]:
+        edit(params)
+        (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return set(json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], ws).splitlines()[-1]))
+
+    # probe params re-run probing only (never training); claims re-run the stats only
+    assert changed_after(lambda p: p["probe"].update(direction="random")) == {"probe@vgg-bn-lr0.1",
+                                                                              "probe@dln-bn-lr1e-06"}
+    log = run([sys.executable, "-m", "dvc", "repro"], ws)
+    assert "Running stage 'probe@vgg-bn-lr0.1'" in log and "Running stage 'train@" not in log
+    assert changed_after(lambda p: p["claims"][0].update(alpha=0.01)) == {"stats"}
