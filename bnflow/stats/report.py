@@ -123,7 +123,8 @@ def claim_sentence(row: pd.Series, extra: dict) -> str:
     flags = str(row["flags"]).replace(";", ", ") if not _is_na(row["flags"]) and row["flags"] else "none"
     level = format_number(100 * float(row["ci_level"]))
     if _is_na(row["estimate"]):
-        return f"{lead} Not evaluated: n = {format_cell('n_a', row['n_a'])} vs {format_cell('n_b', row['n_b'])} " \
+        n_b = "chance" if _is_na(row["n_b"]) else format_cell("n_b", row["n_b"])
+        return f"{lead} Not evaluated: n = {format_cell('n_a', row['n_a'])} vs {n_b} " \
                f"usable runs ({format_cell('n_excluded', row['n_excluded'])} excluded). Flags: {flags}."
     ci = "" if _is_na(row["ci_low"]) else f" ({level}% CI {format_number(row['ci_low'])} to " \
                                            f"{format_number(row['ci_high'])})"
