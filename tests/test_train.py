@@ -136,6 +136,18 @@ def test_divergence_is_an_outcome_not_a_crash(tmp_path, dataset):
     assert not torch.isfinite(torch.tensor(train.loss.iloc[-1]))
     assert train.step.iloc[-1] == s["diverged_at_step"]
 
+    # the steps after training still run on a grid holding only this diverged cell
+    from bnflow.stats.step import run_stats
+    from bnflow.summarize import summarize
+
+    raw["train"]["grid"] = {"vgg-standard-lr1000": raw["train"]["grid"]["vgg-standard-lr1000"]}
+    only = from_dict(raw)
+    runs = summarize(only, tmp_path / "runs", tmp_path / "stats" / "runs.csv")
+    row = runs.iloc[0]
+    assert bool(row.diverged) and row.steps_to_acc90_censored and row.steps_to_acc90 == p.train.vgg.steps
+    claims = run_stats(only, tmp_path / "stats" / "runs.csv", tmp_path / "stats")
+    assert set(claims.verdict) == {"inconclusive"}
+
 
 def test_completed_results_are_never_overwritten(tmp_path, dataset):
     p = tiny_params(tmp_path)
