@@ -110,6 +110,7 @@ class ExecutionConfig:
     sync_every: int = rule(ge=1)
     resume_every_s: float = rule(ge=0)
     progress_every_s: float = rule(ge=0)
+    cuda_graphs: bool
 
 
 @dataclass(frozen=True)

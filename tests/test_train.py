@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -199,3 +200,15 @@ def test_sigkill_then_same_command_resumes_and_matches(tmp_path, dataset):
     assert got["resumed_from_step"] is not None and got["resumed_from_step"] > 0
     pd.testing.assert_frame_equal(metrics(tmp_path / "ref", cell)[VALUE_COLUMNS],
                                   metrics(tmp_path / "killed", cell)[VALUE_COLUMNS])
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_match_eager_steps(tmp_path, dataset):
+    """On a GPU, replaying the captured step gives the eager run's numbers (up to cuDNN non-determinism)."""
+    eager = tiny_params(tmp_path, execution={"device": "cuda", "cuda_graphs": False})
+    graphs = tiny_params(tmp_path, execution={"device": "cuda", "cuda_graphs": True})
+    run_cell(eager, "vgg-bn-lr0.1", dataset, tmp_path / "eager")
+    run_cell(graphs, "vgg-bn-lr0.1", dataset, tmp_path / "graphs")
+    a, b = metrics(tmp_path / "eager", "vgg-bn-lr0.1"), metrics(tmp_path / "graphs", "vgg-bn-lr0.1")
+    assert list(a.step) == list(b.step)
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-3, atol=1e-4)

@@ -18,7 +18,8 @@ from bnflow.config import Params, to_plain
 from bnflow.errors import DataError
 from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
 from bnflow.probes.runner import TABLES, Prober, ProbePlan
-from bnflow.train.cell import resolve_device, run_fingerprint
+from bnflow.gpu import process_device
+from bnflow.train.cell import run_fingerprint
 from bnflow.train.tasks import make_task
 
 log = logging.getLogger("bnflow.probe")
@@ -82,7 +83,7 @@ def probe_cell(params: Params, cell_id: str, ckpt_root: Path, data_path: Path | 
     check_absent(out, force=force)
     if not ckpt_root.is_dir():
         raise DataError(f"{ckpt_root}: checkpoints folder not found; run the train step for {cell_id} first")
-    device = resolve_device(params.train.execution.device)
+    device = process_device(params.train.execution.device)
     scratch = Path(params.out_dir) / ".partial" / f"probe-{cell_id}"
     shutil.rmtree(scratch, ignore_errors=True)  # probing is cheap and stateless: restart it from scratch
     summaries = []

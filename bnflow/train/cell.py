@@ -20,7 +20,8 @@ import torch
 
 from bnflow import seeds
 from bnflow.config import Params, from_dict, to_plain
-from bnflow.errors import ConfigError, DataError
+from bnflow.errors import DataError
+from bnflow.gpu import process_device
 from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
 from bnflow.probes.runner import TABLES, Prober, ProbePlan
 from bnflow.train.loop import LoopConfig, config_hash, train_loop
@@ -28,16 +29,6 @@ from bnflow.train.tasks import make_task
 
 log = logging.getLogger("bnflow.train")
 METRICS_COLUMNS = ("step", "split", "loss", "acc", "wall_s")
-
-
-def resolve_device(spec: str) -> torch.device:
-    """`auto` → the first CUDA GPU if there is one, else the CPU; other values are taken as given."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.execution.device is {spec!r} but no CUDA GPU is visible; use auto or cpu")
-    return device
 
 
 def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
@@ -49,7 +40,8 @@ def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | Non
                         "norm": train["norm"], "noise": train["noise"], "probes": probes, "data": data_sha})
 
 
-def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scratch: str) -> dict[str, Any]:
+def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scratch: str,
+               device: str) -> dict[str, Any]:
     """Train (or resume) seed `seed` of `cell_id` inside `scratch`; return its run summary. Runs in a worker."""
     params = from_dict(plain)
     cell, train = params.cell(cell_id), params.train
@@ -59,7 +51,7 @@ def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scra
     if (run_dir / "run.json").exists():
         log.info("%s s%d: already finished in %s", cell_id, seed, run_dir)
         return {"seed": seed, "skipped": True}
-    device = resolve_device(ex.device)
+    device = torch.device(device)  # resolved (and locked) once, by train_cell
     task = make_task(train, cell, seed, Path(data_path) if data_path else None, device)
     model_cfg = train.vgg if cell.model == "vgg" else train.dln
     loop_cfg = LoopConfig(
@@ -67,7 +59,7 @@ def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scra
         eval_every=getattr(model_cfg, "eval_every", None), checkpoint_steps=model_cfg.checkpoint_steps,
         momentum=getattr(model_cfg, "momentum", 0.0), weight_decay=getattr(model_cfg, "weight_decay", 0.0),
         precision=getattr(model_cfg, "precision", "fp32"), sync_every=ex.sync_every, resume_every_s=ex.resume_every_s,
-        progress_every_s=ex.progress_every_s)
+        progress_every_s=ex.progress_every_s, cuda_graphs=ex.cuda_graphs)
     data_sha = task.data_info.get("source_sha256")
     fingerprint = run_fingerprint(params, cell_id, seed, data_sha)
     ckpt_meta = {"cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr, "seed": seed,
@@ -124,11 +116,13 @@ def train_cell(params: Params, cell_id: str, data_path: Path | None, runs_dir: P
     scratch.mkdir(parents=True, exist_ok=True)
     plain = to_plain(params)
     seed_list = list(params.train.seeds.indices)
-    device = resolve_device(params.train.execution.device)
+    # `auto` locks a free GPU for this job's process (bnflow.gpu); workers get the resolved device, not `auto`
+    device = process_device(params.train.execution.device)
     procs = min(params.train.execution.parallel_runs, len(seed_list))
     if device.type == "cpu":
         procs = min(procs, os.cpu_count() or 1)
-    jobs = [(plain, cell_id, s, str(data_path) if data_path else None, str(scratch)) for s in seed_list]
+    jobs = [(plain, cell_id, s, str(data_path) if data_path else None, str(scratch), str(device))
+            for s in seed_list]
     if procs <= 1:
         summaries = [train_seed(*job) for job in jobs]
     else:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from bnflow.io import atomic_path
+from bnflow.train.graphs import GraphedStep, graphs_supported
 from bnflow.probes.activations import recording
 
 log = logging.getLogger("bnflow.train")
@@ -46,6 +47,7 @@ class LoopConfig:
     sync_every: int
     resume_every_s: float
     progress_every_s: float
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -128,6 +130,13 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
     corrects = torch.zeros(cfg.sync_every, dtype=torch.int64, device=device)
     pending: list[int] = []
     batch_size = None
+    use_graphs, why_not = graphs_supported(device, cfg.momentum, cfg.weight_decay)
+    if cfg.cuda_graphs and task.generators:
+        use_graphs, why_not = False, "noisy variants train eagerly (noise-generator states are reset by probes)"
+    if cfg.cuda_graphs and not use_graphs:
+        log.info("%s: not using CUDA graphs: %s", cfg.run_id, why_not)
+    use_graphs = use_graphs and cfg.cuda_graphs
+    graphed = None
     proc_start = last_progress = last_resume = time.perf_counter()
     t_start = proc_start - outcome.wall_s  # wall time accumulates across resumes
 
@@ -158,6 +167,24 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
             outcome.tables["metrics"].append({"step": step, "split": "test", "loss": loss, "acc": acc,
                                               "wall_s": time.perf_counter() - t_start})
 
+    def eager_step(t: int, batch, probing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        noise_state = [g.get_state() for g in task.generators] if probing else None
+        with autocast, (recording(model, prober.plan.activation_layers, prober.plan.options.activation_point)
+                        if probing else contextlib.nullcontext()) as acts:
+            out = model(batch.x)
+        loss = task.loss(out.float(), batch.y)
+        opt.zero_grad(set_to_none=graphed is None)  # a captured graph keeps writing into the same .grad tensors
+        loss.backward()
+        if probing:
+            # The step's own fp32 gradient is g; under bf16 the probes recompute it in fp32 (PROTOCOL §5).
+            fp32 = cfg.precision == "fp32"
+            grads = {p: p.grad for p in model.parameters() if p.grad is not None} if fp32 else None
+            for name, rows in prober.probe(t, batch.x, batch.y, grads=grads, noise_state=noise_state,
+                                           acts=acts if fp32 else None).items():
+                outcome.tables.setdefault(name, []).extend(rows)
+        opt.step()
+        return out, loss
+
     for t in range(start, cfg.steps):
         if t in checkpoints:
             save_checkpoint(ckpt_dir / f"step{t:06d}.pt", model, t, ckpt_meta, task.generators)
@@ -166,20 +193,12 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
         batch = task.batch(t)
         batch_size = len(batch.y)
         probing = prober is not None and probe_every > 0 and t % probe_every == 0
-        noise_state = [g.get_state() for g in task.generators] if probing else None
-        with autocast, (recording(model, prober.plan.activation_layers, prober.plan.options.activation_point)
-                        if probing else contextlib.nullcontext()) as acts:
-            out = model(batch.x)
-        loss = task.loss(out.float(), batch.y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if probing:
-            # The step's own fp32 gradient is g; under bf16 the probes recompute it in fp32 (PROTOCOL §5).
-            grads = {p: p.grad for p in model.parameters() if p.grad is not None} if cfg.precision == "fp32" else None
-            for name, rows in prober.probe(t, batch.x, batch.y, grads=grads, noise_state=noise_state,
-                                           acts=acts if cfg.precision == "fp32" else None).items():
-                outcome.tables.setdefault(name, []).extend(rows)
-        opt.step()
+        if use_graphs and not probing:
+            if graphed is None:
+                graphed = GraphedStep(model, opt, task.loss, batch.x, batch.y, autocast, task.generators)
+            out, loss = graphed(batch.x, batch.y)
+        else:
+            out, loss = eager_step(t, batch, probing)
         slot = len(pending)
         losses[slot] = loss.detach()
         correct = task.correct(out.detach(), batch.y)
