@@ -60,7 +60,7 @@ def _run_stats(p: Params, a: argparse.Namespace) -> None:
 def _run_figures(p: Params, a: argparse.Namespace) -> None:
     from bnflow.figures import render_figures
 
-    render_figures(p, a.runs_root, a.output, force=a.force)
+    render_figures(p, a.runs_root, a.output, probes_root=a.probes_root, claims=a.claims, force=a.force)
 
 
 def _add_common(sp: argparse.ArgumentParser) -> None:
@@ -114,10 +114,13 @@ STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         _run_stats,
     ),
     "figures": (
-        "render the figures from the runs' tidy outputs",
+        "render the paper's figures (PNG + SVG) and REPORT.md from the runs' tidy outputs",
         lambda sp: (
             sp.add_argument("--runs-root", type=Path, required=True, help="folder holding one folder per grid cell"),
-            sp.add_argument("--output", type=Path, required=True, help="folder for the PNG/SVG figures"),
+            sp.add_argument("--probes-root", type=Path,
+                            help="folder holding the probe step's {cell}/s{seed}/ tables (checkpoint-wise panels)"),
+            sp.add_argument("--claims", type=Path, help="the stats step's claims.md, quoted in REPORT.md"),
+            sp.add_argument("--output", type=Path, required=True, help="folder for the figures and REPORT.md"),
         ),
         _run_figures,
     ),

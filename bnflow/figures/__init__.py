@@ -1,5 +1,9 @@
-"""The `figures` step: the paper's figures from bnflow's tidy outputs (computation never plots; plots never compute)."""
+"""The `figures` step: the paper's figures from bnflow's tidy outputs (computation never plots; plots never compute).
 
-from bnflow.figures.render import render_figures
+Modules: data (what figures read), plots (primitives), style (palette, files), one module per figure family
+(training, activations, ics, landscape, extra), report (REPORT.md, Snakemake captions), render (registry + step).
+"""
 
-__all__ = ["render_figures"]
+from bnflow.figures.render import FIGURES, render_figures
+
+__all__ = ["FIGURES", "render_figures"]

@@ -1,86 +1,134 @@
-"""Which figure is drawn from which data: the paper's figures (PROTOCOL §1) from the runs' tidy outputs."""
+"""The `figures` step: which paper figure is drawn by which function, and the step that renders them all."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
-from bnflow.config import Params
-from bnflow.figures import style
-from bnflow.figures.plots import BAND_MEANING, seed_curves, variant_label
-from bnflow.io import check_absent, publish_dir
-from bnflow.results import load_runs
+from bnflow.config import Params, format_lr
+from bnflow.errors import DataError
+from bnflow.figures import activations, extra, ics, landscape, style, training
+from bnflow.figures.common import Drawn, Skip
+from bnflow.figures.data import FigureData, load_figure_data
+from bnflow.figures.plots import BAND_TEXT
+from bnflow.figures.report import Entry, report_markdown, report_rst
+from bnflow.io import check_absent, publish_dir, write_text
 
 log = logging.getLogger("bnflow.figures")
+ROOT = Path(__file__).resolve().parents[2]
+REPORT_RST = Path("workflow/report/figures.rst")
 
 
-def _caption(fig: plt.Figure, text: str) -> None:
-    fig.text(0.01, -0.02, text, ha="left", va="top", fontsize=7, wrap=True)
+@dataclass(frozen=True)
+class FigureSpec:
+    """One output figure: file stem, the paper's label, a short title (no rst markup), and the function drawing it."""
+
+    name: str
+    paper: str
+    title: str
+    draw: Callable[[FigureData], Drawn | Skip]
 
 
-def fig01_accuracy(metrics: pd.DataFrame, *, band: str, n_seeds: int) -> plt.Figure | None:
-    """Fig 1a–b: mini-batch train accuracy and test accuracy vs step, standard vs BN, one column per lr."""
-    vgg = metrics[(metrics.model == "vgg") & metrics.variant.isin(["standard", "bn"])]
-    lrs = sorted(vgg.lr.unique(), reverse=True)
-    if vgg.empty:
-        return None
-    fig, axes = plt.subplots(2, len(lrs), figsize=(3.8 * len(lrs), 5.6), squeeze=False, sharey="row", layout="constrained")
-    for j, lr in enumerate(lrs):
-        for i, split in enumerate(("train", "test")):
-            ax = axes[i][j]
-            for variant in ("standard", "bn"):
-                d = vgg[(vgg.lr == lr) & (vgg.variant == variant) & (vgg.split == split)]
-                if not d.empty:
-                    seed_curves(ax, d, x="step", y="acc", variant=variant, label=variant_label(variant, lr), band=band)
-            ax.set_title(f"{'Training (mini-batch)' if split == 'train' else 'Test'} accuracy, lr {lr:g}")
-            ax.set_xlabel("training step")
-            ax.set_ylabel("accuracy (fraction correct)")
-            ax.legend(loc="lower right")
-    _caption(fig, f"VGG on CIFAR-10; n = {n_seeds} seeds per curve; thick line: mean; {BAND_MEANING[band]}; "
-                  "thin lines: single seeds. Test accuracy in eval mode (running statistics, no noise).")
-    return fig
+FIGURES = (
+    FigureSpec("fig01_accuracy", "Fig 1a–b", "training and test accuracy, standard vs BatchNorm",
+               training.fig01_accuracy),
+    FigureSpec("fig01c_activations", "Fig 1c", "distribution of an activation over time, layers #3 and #11",
+               activations.fig01c_activations),
+    FigureSpec("fig02_noisy_bn", "Fig 2", "noisy BatchNorm: training accuracy and activation distributions",
+               activations.fig02_noisy_bn),
+    FigureSpec("fig03a_ics_vgg", "Fig 3a", "internal covariate shift in VGG (ℓ2 difference, cosine)",
+               ics.fig03a_ics_vgg),
+    FigureSpec("fig03b_ics_dln", "Fig 3b", "internal covariate shift in the deep linear network", ics.fig03b_ics_dln),
+    FigureSpec("fig04_landscape_vgg", "Fig 4a–c", "VGG loss landscape, gradient predictiveness, β-smoothness",
+               landscape.fig04_landscape_vgg),
+    FigureSpec("fig05_lp_training", "Fig 5", "ℓp normalisations: VGG accuracy and DLN loss",
+               training.fig05_lp_training),
+    FigureSpec("fig06_lp_activations", "Fig 6", "activation distributions under each normalisation, layer #11",
+               activations.fig06_lp_activations),
+    FigureSpec("fig08a_moment_change", "Fig 8a", "change of activation mean and variance between probes",
+               activations.fig08a_moment_change),
+    FigureSpec("fig08b_moment_drift", "Fig 8b", "drift of activation mean and variance from the first probe",
+               activations.fig08b_moment_drift),
+    FigureSpec("fig09_dln_activations", "Fig 9", "deep linear network activation distributions, layers 1, 11, 24",
+               activations.fig09_dln_activations),
+    FigureSpec("fig10_landscape_dln", "Fig 10a–c", "DLN loss landscape, gradient predictiveness, β-smoothness",
+               landscape.fig10_landscape_dln),
+    FigureSpec("fig11a_grad_eta_vgg", "Fig 11a", "VGG gradient change vs probe step size, per training time",
+               landscape.fig11a_grad_eta_vgg),
+    FigureSpec("fig11b_grad_eta_dln", "Fig 11b", "DLN gradient change vs probe step size, per training time",
+               landscape.fig11b_grad_eta_dln),
+    FigureSpec("fig12_lp_vgg", "Fig 12a–d", "VGG with ℓp normalisations: accuracy and landscape probes",
+               landscape.fig12_lp_vgg),
+    FigureSpec("fig13_lp_dln", "Fig 13a–d", "DLN with ℓp normalisations: loss and landscape probes",
+               landscape.fig13_lp_dln),
+    FigureSpec("figx1_lr_sensitivity", "Extra 1", "final accuracy and loss against the learning rate",
+               extra.figx_lr_sensitivity),
+    FigureSpec("figx2_beta_vs_lr", "Extra 2", "effective β-smoothness against 2/lr", extra.figx_beta_vs_lr),
+)
 
 
-def fig05_dln_loss(metrics: pd.DataFrame, *, band: str, n_seeds: int) -> plt.Figure | None:
-    """Fig 5 (DLN panel): full-batch training loss vs step on a log axis, one line per variant and lr."""
-    dln = metrics[(metrics.model == "dln") & (metrics.split == "train")]
-    if dln.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
-    for (variant, lr), d in sorted(dln.groupby(["variant", "lr"]), key=lambda kv: (list(style.VARIANT_COLORS).index(kv[0][0]), -kv[0][1])):
-        ls = style.LR_STYLES[sorted(dln.lr.unique(), reverse=True).index(lr) % len(style.LR_STYLES)]
-        seed_curves(ax, d, x="step", y="loss", variant=variant, label=variant_label(variant, lr), band=band,
-                    linestyle=ls)
-    ax.set_yscale("log")
-    ax.set_xlabel("training step (full-batch GD)")
-    ax.set_ylabel("training loss ½Σ‖Wx − Ax‖² (log)")
-    ax.set_title("Deep linear network: training loss")
-    ax.legend(fontsize=7)
-    _caption(fig, f"25-layer 10×10 linear network, y = Ax; n = {n_seeds} seeds per curve; {BAND_MEANING[band]}.")
-    return fig
+def draw_all(data: FigureData, out_dir: Path, dpi: int) -> list[Entry]:
+    """Draw every registered figure the data allow into `out_dir` (PNG + SVG each); log and list the others."""
+    entries = []
+    with plt.rc_context(style.RC):
+        for spec in FIGURES:
+            result = spec.draw(data)
+            if isinstance(result, Skip):
+                log.info("%s (%s): skipped: %s", spec.name, spec.paper, result.reason)
+                entries.append(Entry(spec.name, spec.paper, spec.title, skipped=result.reason))
+                continue
+            style.plain_log_labels(result.fig)
+            style.add_caption(result.fig, result.caption)
+            style.save(result.fig, out_dir, spec.name, dpi)
+            log.info("%s (%s): written", spec.name, spec.paper)
+            entries.append(Entry(spec.name, spec.paper, spec.title, caption=result.caption))
+    return entries
 
 
-FIGURES = {"fig01_accuracy": fig01_accuracy, "fig05b_dln_loss": fig05_dln_loss}
+def _header(params: Params) -> str:
+    cells = ", ".join(f"{c.model} {c.variant} lr {format_lr(c.lr)}" for c in params.train.grid.values())
+    return (f"Grid: {cells}. Seeds per cell: {params.train.seeds.n} (base seed {params.train.seeds.base}). "
+            f"Across-seed bands: {BAND_TEXT[params.figures.band]} (figures.band).")
 
 
-def render_figures(params: Params, runs_root: Path, out_dir: Path, *, force: bool = False) -> list[Path]:
-    """Render every figure the grid's data allows into `out_dir` (PNG + SVG each)."""
+def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_root: Path | None = None,
+                   claims: Path | None = None, force: bool = False) -> list[Path]:
+    """The `figures` step: every figure the grid's data allow, PNG + SVG each, and REPORT.md, into `out_dir`.
+
+    Args:
+        runs_root: folder with one {cell}/s{seed}/ folder per run (the train step's outputs).
+        probes_root: folder with one {cell}/s{seed}/ folder of checkpoint-wise probe tables, or None.
+        claims: the stats step's claims.md, quoted in REPORT.md; or None.
+
+    Returns:
+        the written files, in `out_dir`.
+    """
     check_absent(out_dir, force=force)
-    _, tables = load_runs(params, runs_root)
-    metrics = tables["metrics"]
-    style.setup()
+    claims_md = None
+    if claims is not None:
+        try:
+            claims_md = claims.read_text()
+        except OSError as e:
+            raise DataError(f"{claims}: cannot read the claims ({e.strerror}); run the stats step first") from None
+    data = load_figure_data(params, runs_root, probes_root)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, draw in FIGURES.items():
-        fig = draw(metrics, band=params.figures.band, n_seeds=params.train.seeds.n)
-        if fig is None:
-            log.info("%s: no runs in the grid for it; skipped", name)
-            continue
-        written += style.save(fig, tmp_dir, name, params.figures.dpi)
-
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)  # a killed earlier attempt of this step
+    tmp_dir.mkdir(parents=True)
+    entries = draw_all(data, tmp_dir, params.figures.dpi)
+    write_text(tmp_dir / "REPORT.md", report_markdown(entries, header=_header(params), claims_md=claims_md))
+    written = sorted(p.name for p in tmp_dir.iterdir())
     publish_dir(tmp_dir, out_dir, force=force)
-    return [out_dir / p.name for p in written]
+    return [out_dir / name for name in written]
+
+
+def write_report_rst(root: Path = ROOT) -> Path:
+    """Regenerate workflow/report/figures.rst (Snakemake's report captions) from the registry."""
+    path = root / REPORT_RST
+    write_text(path, report_rst([Entry(s.name, s.paper, s.title) for s in FIGURES]))
+    return path
