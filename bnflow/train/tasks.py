@@ -59,6 +59,7 @@ class VggTask:
                                momentum=train.norm.momentum, noise=noise, generator=init).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once (PERFORMANCE.md)
         self.generators = _noise_generators(self.model, self.base, seed, device)
         self._epoch, self._perm = -1, None
 
