@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnflow.models.blocks import BlockNet
 from bnflow.models.norms import NORMS, NoiseSpec, make_norm
 from bnflow.models.vgg import glorot_init_, require_cpu_generator
 
 
-class DLN(nn.Module):
+class DLN(BlockNet):
     """Deep linear network; layer #k is linears[k-1] (1-based, forward order).
 
     Attributes:
@@ -23,24 +24,9 @@ class DLN(nn.Module):
         norms: list[nn.Module], norms[k-1] is the norm after layer #k (nn.Identity for "standard" and the last).
     """
 
-    def __init__(self, blocks: list[nn.Sequential], norm: str) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.norm = norm
-
     @property
     def linears(self) -> list[nn.Linear]:
-        return [block[0] for block in self.blocks]
-
-    @property
-    def norms(self) -> list[nn.Module]:
-        return [block[1] for block in self.blocks]
-
-    def layer_params(self, k: int) -> list[nn.Parameter]:
-        """Weight of layer #k (1-based; the layers have no bias); norm gamma/beta are excluded (PROTOCOL §4)."""
-        if not (isinstance(k, int) and 1 <= k <= len(self.blocks)):
-            raise ValueError(f"layer number must be an int in 1..{len(self.blocks)}, got {k!r}")
-        return [self.linears[k - 1].weight]
+        return self.layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions (N, dim) for inputs x (N, dim), float."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bnflow.config import VGG_LAYERS
+from bnflow.models.blocks import BlockNet
 from bnflow.models.norms import NORMS, NoiseSpec, make_norm
 
 # Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A); the table lives with the
@@ -50,7 +51,7 @@ def scaled_widths(config: list, width_mult: float) -> list:
     return [c if c == "M" else max(1, round(c * width_mult)) for c in config]
 
 
-class VGG(nn.Module):
+class VGG(BlockNet):
     """Conv stack + linear classifier; the forward order of `blocks` defines layer numbers.
 
     Attributes:
@@ -61,25 +62,12 @@ class VGG(nn.Module):
     """
 
     def __init__(self, blocks: list[nn.Sequential], classifier: nn.Linear, norm: str) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
+        super().__init__(blocks, norm)
         self.classifier = classifier
-        self.norm = norm
 
     @property
     def convs(self) -> list[nn.Conv2d]:
-        return [block[0] for block in self.blocks]
-
-    @property
-    def norms(self) -> list[nn.Module]:
-        return [block[1] for block in self.blocks]
-
-    def layer_params(self, k: int) -> list[nn.Parameter]:
-        """Conv weight and bias of layer #k (1-based); norm gamma/beta are excluded (PROTOCOL §4)."""
-        if not (isinstance(k, int) and 1 <= k <= len(self.blocks)):
-            raise ValueError(f"layer number must be an int in 1..{len(self.blocks)}, got {k!r}")
-        conv = self.convs[k - 1]
-        return [conv.weight, conv.bias]
+        return self.layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) for images x (N, 3, 32, 32), float, already normalised per channel."""
