@@ -143,10 +143,23 @@ class DenseProbeConfig(ProbeOptions):
 
 
 @dataclass(frozen=True)
+class CurvatureConfig:
+    """Beyond the paper (PROTOCOL §8): Hessian spectrum and Theorem 4.1/4.2 checks, checkpoint-wise only."""
+
+    enabled: bool
+    eig_k: int = rule(ge=1)
+    eig_iters: int = rule(ge=2)
+    eig_tol: float = rule(gt=0)
+    eig_method: Literal["lanczos", "power", "auto"]
+    theorem42_channels: int = rule(ge=0)
+
+
+@dataclass(frozen=True)
 class ProbeConfig(ProbeOptions):
     vgg: ModelProbeConfig
     dln: ModelProbeConfig
     direction: Literal["gradient", "random"]
+    curvature: CurvatureConfig
 
 
 @dataclass(frozen=True)

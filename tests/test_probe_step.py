@@ -32,6 +32,7 @@ def probed_params(tmp_path: Path, every: int = 10, **probe):
     raw["train"]["probes"]["dln"].update(every=every, ics_layers=[2, 3], activation_layers=[1, 4])
     raw["probe"]["vgg"].update(ics_layers=[3, 6], activation_layers=[2, 8])
     raw["probe"]["dln"].update(ics_layers=[2, 3], activation_layers=[1, 4])
+    raw["probe"]["curvature"].update(enabled=False, eig_iters=10)  # its own test below switches it on
     raw["probe"].update(probe)
     return from_dict(raw)
 
@@ -106,3 +107,24 @@ def test_checkpoints_of_another_cell_or_other_params_are_refused(tmp_path, datas
     with pytest.raises(DataError, match="not a readable bnflow checkpoint"):
         probe_cell(params, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "p3")
     assert not (tmp_path / "p1").exists() and not (tmp_path / "p3").exists()
+
+
+def test_checkpoint_step_adds_curvature_and_theorem_tables(tmp_path, dataset):
+    params = probed_params(tmp_path, every=0, curvature={"enabled": True, "eig_k": 1, "eig_iters": 10,
+                                                         "eig_tol": 1e-3, "eig_method": "lanczos",
+                                                         "theorem42_channels": 1})
+    train(params, "vgg-bn-lr0.1", dataset, tmp_path)
+    probe_cell(params, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "p")
+    curv = pd.read_csv(tmp_path / "p" / "s0" / "curvature.csv")
+    assert list(curv.step) == [0, 10, 30] and np.isfinite(curv.lambda_max).all()
+    np.testing.assert_allclose(curv.two_over_lr, 2 / 0.1)
+    np.testing.assert_allclose(curv.lr_lambda_max, 0.1 * curv.lambda_max)
+    t41 = pd.read_csv(tmp_path / "p" / "s0" / "theorem41.csv")
+    assert set(t41.layer) == set(range(1, 9)) and (t41.rel_gap_exact < 1e-4).all()
+    t42 = pd.read_csv(tmp_path / "p" / "s0" / "theorem42.csv")
+    assert len(t42) and np.isfinite(t42.lhs).all()
+    # without BN there is nothing to check the theorems on, and curvature can be switched off
+    off = from_dict(to_plain(params) | {"probe": to_plain(params.probe) | {
+        "curvature": to_plain(params.probe.curvature) | {"enabled": False}}})
+    probe_cell(off, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "q")
+    assert not (tmp_path / "q" / "s0" / "curvature.csv").exists()

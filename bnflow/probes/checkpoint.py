@@ -17,7 +17,7 @@ import torch
 from bnflow.config import Params, to_plain
 from bnflow.errors import DataError
 from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
-from bnflow.probes.runner import TABLES, Prober, ProbePlan
+from bnflow.probes.runner import CURVATURE_TABLES, TABLES, Prober, ProbePlan
 from bnflow.gpu import process_device
 from bnflow.train.cell import run_fingerprint
 from bnflow.train.tasks import make_task
@@ -51,10 +51,12 @@ def probe_seed(params: Params, cell_id: str, seed: int, ckpt_dir: Path, data_pat
         raise DataError(f"{ckpt_dir}: no checkpoints (step*.pt); run the train step for {cell_id} first")
     task = make_task(train, cell, seed, data_path, device)
     fingerprint = run_fingerprint(params, cell_id, seed, task.data_info.get("source_sha256"))
-    plan = ProbePlan.build(getattr(params.probe, cell.model), params.probe, cell.lr, params.probe.direction)
+    plan = ProbePlan.build(getattr(params.probe, cell.model), params.probe, cell.lr, params.probe.direction,
+                           params.probe.curvature)
     prober = Prober(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=train.seeds.base, seed=seed,
                     generators=task.generators)
-    tables: dict[str, list[dict]] = {name: [] for name in TABLES}
+    names = TABLES + (CURVATURE_TABLES if plan.curvature is not None else ())
+    tables: dict[str, list[dict]] = {name: [] for name in names}
     steps = []
     for path in files:
         ck = load_checkpoint(path, cell_id=cell_id, seed=seed, fingerprint=fingerprint)

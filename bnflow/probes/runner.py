@@ -15,13 +15,15 @@ import torch
 from torch import nn
 
 from bnflow import seeds
-from bnflow.config import ModelProbeConfig, ProbeOptions
+from bnflow.config import CurvatureConfig, ModelProbeConfig, ProbeOptions
+from bnflow.curvature import bn_layers, curvature_probe, theorem41_check, theorem42_check
 from bnflow.probes.activations import channel_stats, choose_units, record_activations, unit_summaries, unit_values
 from bnflow.probes.ics import ics_probe, ics_rows, preceding_params_in_blocks
 from bnflow.probes.landscape import landscape_probe
 from bnflow.probes.state import probe_pass, probe_session
 
 TABLES = ("landscape", "ics", "act_channels", "act_units")
+CURVATURE_TABLES = ("curvature", "theorem41", "theorem42")
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -35,11 +37,13 @@ class ProbePlan:
     options: ProbeOptions
     lr: float
     direction: str = "gradient"
+    curvature: CurvatureConfig | None = None
 
     @classmethod
-    def build(cls, model_cfg: ModelProbeConfig, options: ProbeOptions, lr: float, direction: str = "gradient"):
+    def build(cls, model_cfg: ModelProbeConfig, options: ProbeOptions, lr: float, direction: str = "gradient",
+              curvature: CurvatureConfig | None = None):
         return cls(tuple(f * lr for f in model_cfg.eta_factors), model_cfg.ics_layers, model_cfg.activation_layers,
-                   options, lr, direction)
+                   options, lr, direction, curvature if curvature is not None and curvature.enabled else None)
 
 
 def weight_params(model: nn.Module) -> list[nn.Parameter]:
@@ -130,4 +134,21 @@ class Prober:
             out["act_channels"] = [{"step": step} | r for r in channel_stats(acts)
                                    if r["channel"] in self.channels[r["layer"]]]
             out["act_units"] = [{"step": step} | r for r in unit_summaries(unit_values(acts, self.units))]
+        if plan.curvature is not None:
+            out |= self.curvature(step, x, y, hook)
+        return out
+
+    def curvature(self, step: int, x: torch.Tensor, y: torch.Tensor, hook) -> dict[str, list[dict[str, Any]]]:
+        """λ_max / batch sharpness vs 2/lr, and Theorems 4.1 and 4.2 on every BN layer (PROTOCOL §8)."""
+        cv, common = self.plan.curvature, {"before_forward": hook, "generators": self.generators}
+        res = curvature_probe(self.model, self.loss_fn, x, y, params=self.params, k=cv.eig_k, iters=cv.eig_iters,
+                              tol=cv.eig_tol, method=cv.eig_method, generator=self._stream(4, step), **common)
+        out = {"curvature": [res.to_row(step, lr=self.plan.lr) | {"two_over_lr": 2.0 / self.plan.lr}],
+               "theorem41": [{"step": step} | r for r in theorem41_check(self.model, self.loss_fn, x, y, **common)],
+               "theorem42": []}
+        channels = {k: sorted(torch.randperm(bn.num_features, generator=self._stream(5, k))
+                              [:cv.theorem42_channels].tolist()) for k, bn in bn_layers(self.model)}
+        if cv.theorem42_channels and channels:
+            out["theorem42"] = [{"step": step} | r for r in theorem42_check(
+                self.model, self.loss_fn, x, y, channels=channels, **common)]
         return out
