@@ -48,7 +48,7 @@ def _run_probe(p: Params, a: argparse.Namespace) -> None:
 def _run_summarize(p: Params, a: argparse.Namespace) -> None:
     from bnflow.summarize import summarize
 
-    summarize(p, a.runs_root, a.output, force=a.force)
+    summarize(p, a.runs_root, a.output, probes_root=a.probes_root, force=a.force)
 
 
 def _run_stats(p: Params, a: argparse.Namespace) -> None:
@@ -101,6 +101,7 @@ STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "reduce every run to the per-run summaries of STATS.md (runs.csv)",
         lambda sp: (
             sp.add_argument("--runs-root", type=Path, required=True, help="folder holding one folder per grid cell"),
+            sp.add_argument("--probes-root", type=Path, help="checkpoint-wise probes (curvature) per grid cell"),
             sp.add_argument("--output", type=Path, required=True, help="runs.csv to write"),
         ),
         _run_summarize,

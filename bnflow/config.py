@@ -198,6 +198,7 @@ class SummarizeConfig:
     auc_steps: int = rule(ge=1)
     final_window: int = rule(ge=1)
     probe_window: tuple[float, ...] = rule(ge=0, le=1)
+    curvature_warmup: float = rule(ge=0, le=1)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ The run, not the checkpoint, is the unit of analysis. Every summary is a pure fu
   grad_change_log    mean over the window of log max_η ‖∇L(θ−ηg) − g‖
   beta_smooth_log    mean over the window of log β_eff, β_eff = max_η ‖∇L(θ−ηg) − g‖ / ‖ηg‖
   ics_rel_log        mean over probed steps and ICS layers of log(‖G − G'‖ / ‖G‖); ics_cos the mean of cos(G, G')
+  edge_ratio         beyond the paper (PROTOCOL §8): mean of lr·λ_max/2 over the checkpoint-wise probes at steps
+                     >= curvature_warmup × budget (1 = the edge of stability 2/lr); NaN without curvature probes
 A diverged run is kept: censored for steps_to_acc90, not reaching the threshold, NaN for the other summaries
 (the stats step counts it as excluded, never drops it).
 """
@@ -28,7 +30,7 @@ from bnflow.results import load_runs
 COLUMNS = ("model", "variant", "lr", "seed", "cell", "run_id", "diverged", "n_steps", "step_budget", "wall_s",
            "steps_to_acc90", "steps_to_acc90_censored", "reached_acc90", "train_acc_auc", "final_train_acc",
            "final_train_loss", "final_test_acc", "loss_range_log", "grad_change_log", "beta_smooth_log",
-           "ics_rel_log", "ics_cos")
+           "ics_rel_log", "ics_cos", "edge_ratio")
 
 
 def _mean_log(values: pd.Series) -> float:
@@ -91,7 +93,22 @@ def probe_summaries(landscape: pd.DataFrame, ics: pd.DataFrame, cfg: SummarizeCo
     return out
 
 
-def summarize_runs(params: Params, runs_root: Path) -> pd.DataFrame:
+def edge_ratio(curvature: pd.DataFrame, cfg: SummarizeConfig, budget: int, diverged: bool) -> float:
+    """Mean lr·λ_max/2 over the checkpoints after warm-up (NaN when diverged or not probed)."""
+    if diverged or curvature is None or not len(curvature):
+        return float("nan")
+    late = curvature[curvature.step >= cfg.curvature_warmup * budget]
+    return float((late.lr_lambda_max / 2.0).mean()) if len(late) else float("nan")
+
+
+def read_curvature(probes_root: Path | None, cell: str, seed: int) -> pd.DataFrame | None:
+    if probes_root is None:
+        return None
+    path = probes_root / cell / f"s{seed}" / "curvature.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def summarize_runs(params: Params, runs_root: Path, probes_root: Path | None = None) -> pd.DataFrame:
     """One row per run of the grid with every summary of COLUMNS, sorted by (model, variant, lr, seed)."""
     summaries, tables = load_runs(params, runs_root)
     cfg, rows = params.summarize, []
@@ -104,6 +121,7 @@ def summarize_runs(params: Params, runs_root: Path) -> pd.DataFrame:
                                    "step_budget", "wall_s")}
         row |= accuracy_summaries(of("metrics"), cfg, budget, diverged)
         row |= probe_summaries(of("landscape"), of("ics"), cfg, budget, diverged)
+        row["edge_ratio"] = edge_ratio(read_curvature(probes_root, run.cell, int(run.seed)), cfg, budget, diverged)
         rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["model", "variant", "lr", "seed"],
                                                                  ignore_index=True)
@@ -115,8 +133,9 @@ def write_runs_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.10g", na_rep="", lineterminator="\n")
 
 
-def summarize(params: Params, runs_root: Path, output: Path, *, force: bool = False) -> pd.DataFrame:
+def summarize(params: Params, runs_root: Path, output: Path, *, probes_root: Path | None = None,
+              force: bool = False) -> pd.DataFrame:
     check_absent(output, force=force)
-    frame = summarize_runs(params, runs_root)
+    frame = summarize_runs(params, runs_root, probes_root)
     write_runs_csv(frame, output)
     return frame

@@ -54,7 +54,7 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     out = ws / "results" / "quick"
     assert {p.name for p in (out / "figures").iterdir()} >= {"fig01_accuracy.png", "fig01_accuracy.svg"}
     claims = pd.read_csv(out / "stats" / "claims.csv")
-    assert len(claims) == 16 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
+    assert len(claims) == 19 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (out / "stats" / "claims.md").read_text().startswith("# Claims")
     assert len(pd.read_csv(out / "stats" / "runs.csv")) == 8
     assert (out / "probes" / "vgg-bn-lr0.1" / "s1" / "landscape.csv").exists()

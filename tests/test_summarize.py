@@ -14,7 +14,7 @@ from bnflow.summarize import COLUMNS, accuracy_summaries, probe_summaries, write
 from conftest import ROOT
 
 CFG = load_params(ROOT / "params.yaml").summarize.__class__(
-    acc_threshold=0.9, smooth_window=2, auc_steps=30, final_window=2, probe_window=(0.0, 1.0))
+    acc_threshold=0.9, smooth_window=2, auc_steps=30, final_window=2, probe_window=(0.0, 1.0), curvature_warmup=0.5)
 
 
 def metrics(accs, *, step=10, test=None) -> pd.DataFrame:
@@ -58,6 +58,15 @@ def test_probe_summaries_are_means_of_logs_over_the_window():
     assert all(math.isnan(v) for v in probe_summaries(land, ics, CFG, budget=10, diverged=True).values())
 
 
+def test_edge_ratio_averages_lr_lambda_over_checkpoints_after_warmup():
+    from bnflow.summarize import edge_ratio
+
+    curv = pd.DataFrame({"step": [0, 50, 100], "lr_lambda_max": [9.0, 2.0, 2.4]})
+    assert edge_ratio(curv, CFG, budget=100, diverged=False) == pytest.approx((1.0 + 1.2) / 2)  # steps >= 50
+    assert math.isnan(edge_ratio(curv, CFG, budget=100, diverged=True))
+    assert math.isnan(edge_ratio(None, CFG, budget=100, diverged=False))
+
+
 def runs_table(rng: np.random.Generator) -> pd.DataFrame:
     rows = []
     for variant, scale in (("bn", 0.5), ("standard", 1.0)):
@@ -69,7 +78,8 @@ def runs_table(rng: np.random.Generator) -> pd.DataFrame:
                          "train_acc_auc": rng.uniform(0.5, 0.9), "final_train_acc": 1.0, "final_train_loss": 0.01,
                          "final_test_acc": 0.8, "loss_range_log": rng.normal(0, 0.1) + math.log(scale),
                          "grad_change_log": rng.normal(), "beta_smooth_log": rng.normal(),
-                         "ics_rel_log": rng.normal(), "ics_cos": rng.uniform(0, 1)})
+                         "ics_rel_log": rng.normal(), "ics_cos": rng.uniform(0, 1),
+                         "edge_ratio": rng.uniform(0.9, 1.1) if variant == "bn" else rng.uniform(2, 3)})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

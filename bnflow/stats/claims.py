@@ -77,6 +77,8 @@ METRICS: dict[str, MetricSpec] = {
     "ics_rel_log": MetricSpec("log", "ratio", ("vgg", "dln")),
     "ics_cos": MetricSpec("continuous", "difference", ("vgg", "dln")),
     "reached_acc90": MetricSpec("binary", "difference", ("vgg",)),
+    # beyond the paper (PROTOCOL §8): lr·λ_max/2 averaged over checkpoints after warm-up; 1 = edge of stability
+    "edge_ratio": MetricSpec("continuous", "difference", ("vgg", "dln")),
 }
 
 

@@ -1,15 +1,18 @@
 rule summarize:
     input:
-        expand(f"{OUT}/runs/{{cell}}", cell=CELLS),
+        runs=expand(f"{OUT}/runs/{{cell}}", cell=CELLS),
+        probes=expand(f"{OUT}/probes/{{cell}}", cell=CELLS),
     output:
         f"{OUT}/stats/runs.csv",
     log:
         f"{OUT}/logs/summarize.log",
     params:
         runs_root=f"{OUT}/runs",
+        probes_root=f"{OUT}/probes",
         cfg=lambda w: {"summarize": section("summarize"), "seeds": section("train", "seeds")},
     shell:
-        "python -m bnflow summarize {PARAMS_OPT} --runs-root {params.runs_root} --output {output} --log {log}"
+        "python -m bnflow summarize {PARAMS_OPT} --runs-root {params.runs_root} --probes-root {params.probes_root}"
+        " --output {output} --log {log}"
 
 
 rule stats:
