@@ -34,6 +34,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/lrscan.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -42,4 +43,5 @@ rule all:
     input:
         f"{OUT}/figures",
         f"{OUT}/stats/claims.csv",
+        f"{OUT}/lrscan/thresholds.csv",
         expand(f"{OUT}/probes/{{cell}}", cell=CELLS),

@@ -45,6 +45,12 @@ def _run_probe(p: Params, a: argparse.Namespace) -> None:
     probe_cell(p, a.cell, a.checkpoints_dir, a.data, a.output, force=a.force)
 
 
+def _run_lrscan(p: Params, a: argparse.Namespace) -> None:
+    from bnflow.lrscan import scan_lrs
+
+    scan_lrs(p, a.data, a.output, force=a.force)
+
+
 def _run_summarize(p: Params, a: argparse.Namespace) -> None:
     from bnflow.summarize import summarize
 
@@ -96,6 +102,14 @@ STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
             sp.add_argument("--output", type=Path, required=True, help="folder for s{seed}/ probe tables"),
         ),
         _run_probe,
+    ),
+    "lrscan": (
+        "short runs over a grid of lrs: the largest lr each variant still trains at",
+        lambda sp: (
+            sp.add_argument("--data", type=Path, help="prepared dataset (.npz); required when VGG variants are scanned"),
+            sp.add_argument("--output", type=Path, required=True, help="folder for scan.csv, thresholds.csv"),
+        ),
+        _run_lrscan,
     ),
     "summarize": (
         "reduce every run to the per-run summaries of STATS.md (runs.csv)",

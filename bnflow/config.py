@@ -192,6 +192,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ModelScanConfig:
+    variants: tuple[Literal[VARIANTS], ...]
+    lrs: tuple[float, ...] = rule(gt=0)
+    steps: int = rule(ge=1)
+
+
+@dataclass(frozen=True)
+class LrScanConfig:
+    vgg: ModelScanConfig
+    dln: ModelScanConfig
+    seeds: int = rule(ge=1)
+    loss_fraction: float = rule(gt=0, le=1)
+
+
+@dataclass(frozen=True)
 class SummarizeConfig:
     acc_threshold: float = rule(gt=0, le=1)
     smooth_window: int = rule(ge=1)
@@ -219,6 +234,7 @@ class Params:
     prepare: PrepareConfig
     train: TrainConfig
     probe: ProbeConfig
+    lrscan: LrScanConfig
     summarize: SummarizeConfig
     stats: StatsConfig
     claims: tuple  # of bnflow.stats.ClaimSpec, validated by bnflow.stats.parse_claims

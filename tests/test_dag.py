@@ -40,7 +40,8 @@ def dvc_stages() -> set[tuple[str, str, frozenset[str]]]:
 
 def test_snakemake_and_dvc_describe_the_same_dag():
     smk, dvc = snakemake_jobs(), dvc_stages()
-    assert {j[0] for j in smk} == {"prepare", "train", "probe", "summarize", "stats", "figures"}
+    assert {j[0] for j in smk} == {"prepare", "train", "probe", "lrscan", "summarize", "stats",
+                                      "figures"}
     assert smk == dvc, f"only in Snakemake: {smk - dvc}\nonly in DVC: {dvc - smk}"
 
 

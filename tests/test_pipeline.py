@@ -70,7 +70,8 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     quick["train"]["dln"]["checkpoint_steps"] = [0, 50]
     (ws / "workflow" / "quick.yaml").write_text(yaml.safe_dump(quick))
     plan = job_counts(run([*smk, "-n"], ws))
-    assert plan == {"train": 2, "probe": 2, "summarize": 1, "stats": 1, "figures": 1, "all": 1, "total": 8}, plan
+    assert plan == {"train": 2, "probe": 2, "lrscan": 1, "summarize": 1, "stats": 1, "figures": 1, "all": 1,
+                    "total": 9}, plan
 
 
 def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
@@ -90,10 +91,11 @@ def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
     params["train"]["dln"]["checkpoint_steps"] = [0, 50]
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], ws).splitlines()[-1]))
-    assert changed == {"train@dln-bn-lr1e-06"}, changed
+    assert changed == {"train@dln-bn-lr1e-06", "lrscan"}, changed  # the scan trains DLNs with train.dln too
     log = run([sys.executable, "-m", "dvc", "repro"], ws)
     assert "Running stage 'train@dln-bn-lr1e-06'" in log and "Running stage 'figures'" in log
     assert "Running stage 'prepare'" not in log and "Running stage 'train@vgg-bn-lr0.1'" not in log
+    assert (ws / "results" / "quick" / "lrscan" / "thresholds.csv").exists()
     m = pd.read_csv(ws / "results" / "quick" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv")
     assert m.step.max() == 49
 

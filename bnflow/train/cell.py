@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bnflow import seeds
-from bnflow.config import Params, from_dict, to_plain
+from bnflow.config import Cell, Params, TrainConfig, from_dict, to_plain
 from bnflow.errors import DataError
 from bnflow.gpu import process_device
 from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
@@ -40,12 +40,26 @@ def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | Non
                         "norm": train["norm"], "noise": train["noise"], "probes": probes, "data": data_sha})
 
 
+def loop_config(train: TrainConfig, cell: Cell, seed: int, *, steps: int | None = None) -> LoopConfig:
+    """The training loop's settings for one run of `cell`.
+
+    `steps` makes it a short run (lr scans): that budget, no checkpoints, no test evaluations.
+    """
+    model_cfg, ex = (train.vgg if cell.model == "vgg" else train.dln), train.execution
+    return LoopConfig(
+        run_id=f"{cell.model}/{cell.run_id(seed)}", lr=cell.lr, steps=steps or model_cfg.steps,
+        log_every=model_cfg.log_every, eval_every=getattr(model_cfg, "eval_every", None) if steps is None else None,
+        checkpoint_steps=model_cfg.checkpoint_steps if steps is None else (),
+        momentum=getattr(model_cfg, "momentum", 0.0), weight_decay=getattr(model_cfg, "weight_decay", 0.0),
+        precision=getattr(model_cfg, "precision", "fp32"), sync_every=ex.sync_every, resume_every_s=ex.resume_every_s,
+        progress_every_s=ex.progress_every_s, cuda_graphs=ex.cuda_graphs)
+
+
 def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scratch: str,
                device: str) -> dict[str, Any]:
     """Train (or resume) seed `seed` of `cell_id` inside `scratch`; return its run summary. Runs in a worker."""
     params = from_dict(plain)
     cell, train = params.cell(cell_id), params.train
-    ex = train.execution
     scratch_dir = Path(scratch)
     run_dir = scratch_dir / "runs" / f"s{seed}"
     if (run_dir / "run.json").exists():
@@ -54,12 +68,7 @@ def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scra
     device = torch.device(device)  # resolved (and locked) once, by train_cell
     task = make_task(train, cell, seed, Path(data_path) if data_path else None, device)
     model_cfg = train.vgg if cell.model == "vgg" else train.dln
-    loop_cfg = LoopConfig(
-        run_id=f"{cell.model}/{cell.run_id(seed)}", lr=cell.lr, steps=model_cfg.steps, log_every=model_cfg.log_every,
-        eval_every=getattr(model_cfg, "eval_every", None), checkpoint_steps=model_cfg.checkpoint_steps,
-        momentum=getattr(model_cfg, "momentum", 0.0), weight_decay=getattr(model_cfg, "weight_decay", 0.0),
-        precision=getattr(model_cfg, "precision", "fp32"), sync_every=ex.sync_every, resume_every_s=ex.resume_every_s,
-        progress_every_s=ex.progress_every_s, cuda_graphs=ex.cuda_graphs)
+    loop_cfg = loop_config(train, cell, seed)
     data_sha = task.data_info.get("source_sha256")
     fingerprint = run_fingerprint(params, cell_id, seed, data_sha)
     ckpt_meta = {"cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr, "seed": seed,
