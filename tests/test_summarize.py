@@ -94,3 +94,12 @@ def test_stats_outputs_are_byte_identical_on_rerun(tmp_path):
     assert c3.verdict == "supported" and c3.estimate == pytest.approx(0.5, rel=0.2)
     assert first.set_index("claim_id").loc["C7_l1"].verdict == "inconclusive"  # no l1 runs: flagged, not a crash
     assert "missing_arm" in first.set_index("claim_id").loc["C7_l1"]["flags"]
+
+
+def test_one_run_per_arm_gives_inconclusive_claims_not_a_crash(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    runs = runs_table(np.random.default_rng(4))
+    write_runs_csv(runs[runs.seed == 0], tmp_path / "runs.csv")
+    table = run_stats(params, tmp_path / "runs.csv", tmp_path / "out").set_index("claim_id")
+    for claim in ("C3", "C10"):
+        assert table.loc[claim].verdict == "inconclusive" and "n<2" in table.loc[claim]["flags"]

@@ -366,6 +366,11 @@ def _evaluate_one(runs: pd.DataFrame, claim: ClaimSpec, *, seed: int, ci_level: 
         return _Outcome(row, extra, (nan, nan), margin_t)
     if min(present) < 5:
         flags.add("small_n")
+    if kind != "binary" and min(present) < 2:
+        # a t-test needs a variance in every sampled arm: with one run there is nothing to test, only to report
+        flags.add("n<2")
+        row["flags"] = ";".join(sorted(flags))
+        return _Outcome(row, extra, (nan, nan), margin_t)
     va, vb = a.values, b.values
     if kind == "censored_time":
         # Restricted mean up to the budget common to both arms (STATS.md): cap every time there.
