@@ -20,13 +20,13 @@ from bnflow.cli import build_parser  # noqa: E402
 from bnflow.config import from_dict  # noqa: E402
 from bnflow.errors import DataError  # noqa: E402
 from bnflow.figures import FIGURES, render_figures  # noqa: E402
-from bnflow.figures import activations, extra, ics, landscape, training  # noqa: E402
+from bnflow.figures import activations, curvature, extra, ics, landscape, training  # noqa: E402
 from bnflow.figures.common import Drawn, Skip  # noqa: E402
-from bnflow.figures.data import FigureData, layer_title, pick_lrs, resolve_layers  # noqa: E402
+from bnflow.figures.data import FigureData, curvature_text, layer_title, pick_lrs, resolve_layers  # noqa: E402
 from bnflow.figures.plots import eta_range, n_seeds_text, seed_summary  # noqa: E402
 from bnflow.figures.render import REPORT_RST, draw_all  # noqa: E402
-from bnflow.figures.report import Entry, report_rst  # noqa: E402
-from bnflow.figures.style import VARIANT_COLORS, _log_label  # noqa: E402
+from bnflow.figures.report import Entry, Table, format_cell, report_markdown, report_rst  # noqa: E402
+from bnflow.figures.style import LR_STYLES, VARIANT_COLORS, _log_label  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
 SEEDS = (0, 1, 2)
@@ -338,3 +338,207 @@ def test_cli_passes_probes_and_claims():
     a = build_parser().parse_args(["figures", "--params", "p.yaml", "--runs-root", "r", "--probes-root", "q",
                                    "--claims", "c.md", "--output", "o"])
     assert (a.runs_root, a.probes_root, a.claims, a.output) == (Path("r"), Path("q"), Path("c.md"), Path("o"))
+
+
+# ------------------------------------------------------------------------------- curvature and Theorem 4.1 (extra)
+CKPT_STEPS = (0, 100, 1000)
+LANCZOS = "Lanczos (≤ 20 Hessian-vector products, residual tol 0.001), w.r.t. all trainable parameters"
+
+
+def curvature_data(variants=("standard", "bn"), vgg_lrs=(0.1,), dln_lrs=(1e-6,), vgg_bn_layers=(1, 2, 3),
+                   dln_bn_layers=tuple(range(1, 25))) -> FigureData:
+    """Checkpoint-wise curvature and theorem41 tables shaped like the probe step's (3 seeds, 3 checkpoints)."""
+    rng = np.random.default_rng(1)
+    curv, t41, runs = [], [], []
+    for model, lrs, layers in (("vgg", vgg_lrs, vgg_bn_layers), ("dln", dln_lrs, dln_bn_layers)):
+        for run in _runs(model, variants, lrs):
+            runs.append(run | {"run_id": f"{run['variant']}-lr{run['lr']:g}-s{run['seed']}"})
+            for step in CKPT_STEPS:
+                lam = 2.0 / run["lr"] * rng.uniform(0.3, 3.0)
+                curv.append(run | {"step": step, "loss": 1.0, "grad_norm": 1.0, "lambda_max": lam,
+                                   "batch_sharpness": lam * rng.uniform(0.1, 0.9), "grad_top_fraction": 0.5,
+                                   "eig_iters": int(rng.integers(5, 21)), "eig_converged": True,
+                                   "lr_lambda_max": run["lr"] * lam, "two_over_lr": 2.0 / run["lr"]})
+                if run["variant"] == "standard":
+                    continue  # no BN layer: the probe step writes no theorem41 rows
+                for layer in layers:
+                    for channel in range(3):
+                        lhs = rng.uniform(0.1, 1.0)
+                        t41.append(run | {"step": step, "layer": layer, "channel": channel, "m": 512, "sigma": 0.8,
+                                          "gamma": 1.0, "lhs": lhs, "rhs": lhs, "rhs_exact": lhs,
+                                          "rel_gap": rng.uniform(1e-6, 1e-5), "rel_gap_exact": rng.uniform(5e-8, 2e-7),
+                                          "reduction": rng.uniform(0.5, 2.0), "eps_ratio": rng.uniform(1e-5, 1e-4)})
+    checkpoint = {"curvature": pd.DataFrame(curv)}
+    if t41:
+        checkpoint["theorem41"] = pd.DataFrame(t41)
+    return FigureData(dense={}, checkpoint=checkpoint, runs=pd.DataFrame(runs),
+                      sources={"vgg": "synthetic 10-class images", "dln": "synthetic regression y = Ax"},
+                      depths={"vgg": 8, "dln": 25}, curvature_setup={"vgg": LANCZOS, "dln": LANCZOS},
+                      probe_batch={"vgg": "the mini-batch of 32 images", "dln": "the full batch of 1000 samples"})
+
+
+def geo_mean_by_step(rows: pd.DataFrame, y: str) -> np.ndarray:
+    """Independent reference for a log-axis centre line: exp of the mean log over seeds, per step."""
+    return np.exp(np.log(rows[y]).groupby(rows.step).mean()).sort_index().to_numpy()
+
+
+def hlines(ax, linestyle: str) -> set[float]:
+    """y of the horizontal reference lines (axhline: x data [0, 1] in axes units) with this style."""
+    return {round(float(ln.get_ydata()[0]), 12) for ln in ax.get_lines()
+            if list(ln.get_xdata()) == [0, 1] and ln.get_linestyle() == linestyle}
+
+
+def test_figx3_lambda_max_and_batch_sharpness_against_two_over_lr():
+    data = curvature_data(vgg_lrs=(0.5, 0.1))
+    curv = data.checkpoint["curvature"]
+    curv.loc[(curv.model == "dln") & (curv.seed == 2) & (curv.step == 100), "eig_converged"] = False
+    out = curvature.figx3_sharpness(data)
+    assert isinstance(out, Drawn)
+    axes = out.fig.axes
+    assert [ax.get_title() for ax in axes] == [
+        "VGG: λ_max (top Hessian eigenvalue)", "VGG: batch sharpness gᵀHg / ‖g‖²",
+        "Deep linear network: λ_max (top Hessian eigenvalue)", "Deep linear network: batch sharpness gᵀHg / ‖g‖²"]
+    for ax in axes:
+        assert ax.get_yscale() == "log" and ax.get_xlabel().startswith("training step (checkpoints")
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "100", "1000"]
+    for ax in axes[:2]:  # VGG: 2 variants x 2 lrs, colour = variant, line style = lr (0.5 solid, 0.1 dashed)
+        assert len(thick(ax)) == 4 and len(polys(ax)) == 4
+        assert {(ln.get_color(), ln.get_linestyle()) for ln in thick(ax)} == {
+            (VARIANT_COLORS[v], LR_STYLES[k]) for v in ("standard", "bn") for k in (0, 1)}
+        assert hlines(ax, "--") == {4.0, 20.0}  # 2/lr for lr 0.5 and 0.1
+    assert all(hlines(ax, "--") == {2e6} for ax in axes[2:])
+    bn = curv[(curv.model == "vgg") & (curv.variant == "bn") & (curv.lr == 0.1)]
+    centre = [ln for ln in thick(axes[0]) if ln.get_color() == VARIANT_COLORS["bn"] and ln.get_linestyle() == "--"]
+    np.testing.assert_allclose(centre[0].get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(centre[0].get_ydata(), geo_mean_by_step(bn, "lambda_max"))
+    legend = [t.get_text() for t in out.fig.legends[0].get_texts()]
+    assert "BatchNorm, lr 0.1" in legend and "Standard, lr 1e-06" in legend and legend.count("2/lr") == 1
+    assert [ln.get_label() for ln in axes[3].get_lines()][-1] == "2/lr"  # drawn last: listed after the curves
+    assert "n = 3 seeds per curve" in out.caption and LANCZOS in out.caption and "train mode" in out.caption
+    assert "all 36 converged" in out.caption and "2 of 18 did not converge (λ_max a lower bound)" in out.caption
+    assert "≤ 0" not in out.caption
+
+
+def test_figx3_leaves_non_positive_sharpness_off_the_log_axis_and_says_so():
+    data = curvature_data()
+    curv = data.checkpoint["curvature"]
+    hit = (curv.model == "vgg") & (curv.variant == "bn") & (curv.seed == 0) & (curv.step == 100)
+    curv.loc[hit, "batch_sharpness"] = -3.0
+    out = curvature.figx3_sharpness(data)
+    centre = [ln for ln in thick(out.fig.axes[1]) if ln.get_color() == VARIANT_COLORS["bn"]][0]
+    bn = curv[(curv.model == "vgg") & (curv.variant == "bn")]
+    np.testing.assert_allclose(centre.get_ydata(), geo_mean_by_step(bn[~hit[bn.index]], "batch_sharpness"))
+    assert "batch sharpness ≤ 0 at 1 of 18 run checkpoints" in out.caption
+
+
+def test_figx4_reduction_per_layer_and_the_identitys_gap():
+    data = curvature_data(variants=("standard", "bn", "noisy_bn"))
+    t41 = data.checkpoint["theorem41"]
+    out = curvature.figx4_theorem41(data)
+    assert isinstance(out, Drawn)
+    by_title = {ax.get_title(): ax for ax in out.fig.axes}
+    red = by_title["‖g_y‖²/‖g_z‖²: BatchNorm, lr 0.1"]
+    assert "‖g_y‖²/‖g_z‖²: Noisy BN, lr 0.1" in by_title and "‖g_y‖²/‖g_z‖²: BatchNorm, lr 1e-06" in by_title
+    assert red.get_yscale() == "log" and len(thick(red)) == 3 and hlines(red, ":") == {1.0}  # VGG: 3 BN layers
+    # layer 2's centre: geometric mean over seeds of each run's median over channels
+    bn = t41[(t41.model == "vgg") & (t41.variant == "bn") & (t41.layer == 2)]
+    per_run = bn.groupby(["seed", "step"], as_index=False).reduction.median()
+    layer2 = [ln for ln in thick(red) if ln.get_color() == curvature.LAYER_CMAP(0.5)]
+    np.testing.assert_allclose(layer2[0].get_ydata(), geo_mean_by_step(per_run, "reduction"))
+    assert len(thick(by_title["‖g_y‖²/‖g_z‖²: BatchNorm, lr 1e-06"])) == 6  # 24 DLN layers: 6 shown
+    gaps = [ax for ax in out.fig.axes if ax.get_title().startswith("Theorem 4.1")]
+    assert len(gaps) == 2 and all(ax.get_yscale() == "log" for ax in gaps)
+    assert hlines(gaps[0], ":") == {round(float(np.finfo(np.float32).eps), 12)}
+    assert len(thick(gaps[0])) == len(thick(gaps[1])) == 4  # (paper, exact) x (bn, noisy_bn)
+    paper = [ln for ln in thick(gaps[0]) if ln.get_marker() == "o" and ln.get_color() == VARIANT_COLORS["bn"]][0]
+    ref = t41[(t41.model == "vgg") & (t41.variant == "bn")].groupby(["seed", "step"], as_index=False).rel_gap.max()
+    np.testing.assert_allclose(paper.get_ydata(), geo_mean_by_step(ref, "rel_gap"))
+    assert "BN layers shown: 6 of 24 (#1, #6, #10, #15, #19, #24)" in out.caption
+    assert "BN layers shown: all (#1, #2, #3)" in out.caption and "ε-exact identity" in out.caption
+    assert curvature.spread_layers(range(1, 9)) == list(range(1, 9))
+
+
+def test_curvature_figures_skip_without_data_and_name_missing_columns():
+    assert isinstance(curvature.figx4_theorem41(curvature_data(variants=("standard",))), Skip)
+    assert isinstance(curvature.figx3_sharpness(synthetic()), Skip)
+    data = curvature_data()
+    broken = FigureData(dense={}, checkpoint={**data.checkpoint,
+                                              "curvature": data.checkpoint["curvature"].drop(columns="lambda_max")})
+    with pytest.raises(DataError, match="curvature.csv: missing column.*lambda_max"):
+        curvature.figx3_sharpness(broken)
+    broken = FigureData(dense={}, checkpoint={"theorem41": data.checkpoint["theorem41"].drop(columns="rel_gap_exact")})
+    with pytest.raises(DataError, match="theorem41.csv: missing column.*rel_gap_exact"):
+        curvature.figx4_theorem41(broken)
+
+
+def test_curvature_summary_and_its_markdown_table_by_hand():
+    run = {"cell": "vgg-bn-lr0.1", "model": "vgg", "variant": "bn", "lr": 0.1, "diverged": False}
+    std = run | {"cell": "vgg-standard-lr0.1", "variant": "standard"}
+    curv = pd.DataFrame([r | {"seed": s, "step": st, "lambda_max": lam, "batch_sharpness": 1.0, "eig_iters": 9,
+                              "eig_converged": ok}
+                         for r in (run, std) for s, st, lam, ok in ((0, 0, 99.0, True), (0, 10, 30.0, False),
+                                                                    (1, 0, 99.0, True), (1, 10, 50.0, True))])
+    t41 = pd.DataFrame([run | {"seed": s, "step": 10, "layer": 1, "channel": c, "lhs": 1.0, "rhs": 1.0,
+                               "rhs_exact": 1.0, "rel_gap": g, "rel_gap_exact": g / 100, "reduction": red,
+                               "eps_ratio": 1e-5}
+                        for s, c, g, red in ((0, 0, 1e-5, 1.0), (0, 1, 3e-5, 2.0), (1, 0, 2e-5, 4.0))])
+    data = FigureData(dense={}, checkpoint={"curvature": curv, "theorem41": t41})
+    summary = curvature.curvature_summary(data)
+    assert summary.variant.tolist() == ["standard", "bn"]  # palette order
+    bn = summary.iloc[1]
+    # last checkpoint λ_max·lr/2: 30·0.05 = 1.5 and 50·0.05 = 2.5, median 2.0; one of four solves unconverged
+    assert bn.eos_ratio == pytest.approx(2.0) and bn.converged == "3/4" and bn.runs == 2
+    assert (bn.rel_gap, bn.rel_gap_exact, bn.reduction) == pytest.approx((3e-5, 3e-7, 2.0))
+    assert np.isnan(summary.iloc[0].rel_gap) and summary.iloc[0].eos_ratio == pytest.approx(2.0)
+    table = curvature.summary_table(data)
+    md = report_markdown([], header="h", claims_md=None, tables=[table])
+    assert "| vgg | bn | 0.1 | 2 | 2 | 3/4 | 3e-05 | 3e-07 | 2 |" in md
+    assert "| vgg | standard | 0.1 | 2 | 2 | 3/4 | — | — | — |" in md and "(#curvature_summary)" in md
+    assert [format_cell(v) for v in (1.23456e-7, 0.25, float("nan"), 3, "a|b")] == ["1.23e-07", "0.25", "—", "3",
+                                                                                 "a\\|b"]
+    assert curvature.summary_table(FigureData(dense={})) is None
+    assert "## Tables" not in report_markdown([], header="h", claims_md=None, tables=[])
+    assert isinstance(table, Table)
+
+
+def _write_probes(root: Path, data: FigureData, cells: list[str]) -> None:
+    """The probe step's files for these cells: curvature.csv, theorem41.csv (empty without BN), probe.json."""
+    probe = {"params": "all", "curvature": {"eig_k": 1, "eig_iters": 20, "eig_tol": 0.001, "eig_method": "lanczos"}}
+    curv, t41 = data.checkpoint["curvature"], data.checkpoint["theorem41"]
+    for (cell, seed), rows in curv[curv.cell.isin(cells)].groupby(["cell", "seed"]):
+        out = root / cell / f"s{seed}"
+        out.mkdir(parents=True)
+        rows.drop(columns=["cell", "model", "variant", "lr", "seed", "diverged"]).to_csv(out / "curvature.csv",
+                                                                                          index=False)
+        bn = t41[(t41.cell == cell) & (t41.seed == seed)].drop(columns=["cell", "model", "variant", "lr", "seed",
+                                                                        "diverged"])
+        (out / "theorem41.csv").write_text(bn.to_csv(index=False) if len(bn) else "\n")  # as the probe step writes
+        (out / "probe.json").write_text(json.dumps({"provenance": {"params": {"probe": probe}}}))
+
+
+def test_render_figures_draws_the_curvature_figures_and_table_from_probe_files(tmp_path, quick_raw):
+    quick_raw["train"]["grid"] = {k: v for k, v in quick_raw["train"]["grid"].items() if k.startswith("vgg")}
+    quick_raw["train"]["seeds"]["n"] = 3
+    quick_raw["figures"]["dpi"] = 30
+    params = from_dict(quick_raw)
+    cells = list(params.train.grid)
+    _write_runs(tmp_path / "runs", synthetic(), cells)
+    _write_probes(tmp_path / "probes", curvature_data(), cells)
+    args = (params, tmp_path / "runs")
+    first = render_figures(*args, tmp_path / "a", probes_root=tmp_path / "probes")
+    render_figures(*args, tmp_path / "b", probes_root=tmp_path / "probes")
+    names = [p.name for p in first]
+    assert {"figx3_sharpness.png", "figx3_sharpness.svg", "figx4_theorem41.png", "figx4_theorem41.svg"} <= set(names)
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    report = (tmp_path / "a" / "REPORT.md").read_text()
+    assert "λ_max by Lanczos (≤ 20 Hessian-vector products, residual tol 0.001)" in report
+    assert "the mini-batch of 32 images" in report and "### Curvature and Theorem 4.1 per cell" in report
+    assert report.index("| vgg | standard | 0.1 | 3 |") < report.index("| vgg | bn | 0.1 | 3 |")
+    # what the caption says about the eigen-solver follows the recorded params ("auto": power iteration for k = 1)
+    auto = curvature_text({"params": "weights", "curvature": {"eig_method": "auto", "eig_k": 1, "eig_iters": 50,
+                                                              "eig_tol": 1e-4}})
+    assert auto.startswith("power iteration (≤ 50 Hessian-vector products per phase, relative-change tol 0.0001")
+    assert auto.endswith("w.r.t. conv/linear weights only")
+    assert curvature_text({"params": "all", "curvature": {"eig_method": "auto", "eig_k": 3, "eig_iters": 40,
+                                                          "eig_tol": 1e-3}}).startswith("Lanczos (top 3, ≤ 40")

@@ -15,19 +15,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnflow.config import VGG_LAYERS, Params
+from bnflow.config import VGG_LAYERS, Params, to_plain
 from bnflow.errors import DataError
 from bnflow.results import RUN_COLUMNS, load_runs, require_columns
 
 log = logging.getLogger("bnflow.figures")
 
-PROBE_TABLES = ("landscape", "ics", "act_channels", "act_units")
+PROBE_TABLES = ("landscape", "ics", "act_channels", "act_units", "curvature", "theorem41", "theorem42")
+# The columns each figure relies on (a table may hold more). curvature, theorem41 and theorem42 come from the probe
+# step's curvature option (bnflow.curvature; PROTOCOL §8) and exist only in the checkpoint-wise probes.
 COLUMNS = {
     "metrics": ("step", "split", "loss", "acc"),
     "landscape": ("step", "eta", "loss", "grad_change", "ratio"),
     "ics": ("step", "layer", "l2", "rel", "cos"),
     "act_channels": ("step", "layer", "channel", "mean", "var"),
     "act_units": ("step", "layer", "unit", "q05", "q25", "q50", "q75", "q95"),
+    "curvature": ("step", "lambda_max", "batch_sharpness", "eig_iters", "eig_converged"),
+    "theorem41": ("step", "layer", "channel", "lhs", "rhs", "rhs_exact", "rel_gap", "rel_gap_exact", "reduction",
+                  "eps_ratio"),
+    "theorem42": ("step", "layer", "channel", "lhs", "rhs", "margin", "rel_gap", "rel_gap_exact"),
 }
 PAPER_DEPTH = {"vgg": 13, "dln": 25}  # the paper's VGG has conv layers #1..#13; its DLN 25 linear layers
 SOURCE_TEXT = {"torchvision": "CIFAR-10 (torchvision download)", "archive": "CIFAR-10 (local archive)",
@@ -46,6 +52,9 @@ class FigureData:
         depths: model -> number of conv/linear layers of the trained network (for nearest-layer choices).
         band: across-seed band, "minmax" or "sd".
         activation_point: where activations were read (train.probes.activation_point): pre_relu or post_relu.
+        curvature_setup: model -> how the curvature probes were taken ("Lanczos (…), w.r.t. all trainable
+            parameters"), from the probe step's probe.json; empty when no run has curvature tables.
+        probe_batch: model -> the batch a checkpoint is probed on ("the mini-batch of 128 images …").
     """
 
     dense: Mapping[str, pd.DataFrame]
@@ -55,6 +64,8 @@ class FigureData:
     depths: Mapping[str, int] = field(default_factory=lambda: dict(PAPER_DEPTH))
     band: str = "minmax"
     activation_point: str = "pre_relu"
+    curvature_setup: Mapping[str, str] = field(default_factory=dict)
+    probe_batch: Mapping[str, str] = field(default_factory=dict)
 
     def table(self, name: str, model: str, *, checkpoint: bool = False) -> pd.DataFrame:
         """Rows of one table for one model; an absent or empty table is an empty frame, missing columns a DataError."""
@@ -105,9 +116,41 @@ def model_depths(params: Params) -> dict[str, int]:
     return {"vgg": sum(1 for c in VGG_LAYERS[params.train.vgg.arch] if c != "M"), "dln": params.train.dln.depth}
 
 
+def probe_batches(params: Params) -> dict[str, str]:
+    """What a checkpoint is probed on, per model, for captions: the step's own mini-batch (VGG) or the full batch."""
+    return {"vgg": f"the mini-batch of {params.train.vgg.batch_size} images the checkpoint's step trained on",
+            "dln": f"the full batch of {params.train.dln.n_samples} samples"}
+
+
+def curvature_text(probe: Mapping) -> str:
+    """'Lanczos (≤ 50 Hessian-vector products, residual tol 0.001), w.r.t. all trainable parameters'.
+
+    Args:
+        probe: the `probe` params block a probe step ran with (probe.json provenance.params.probe).
+    """
+    cv = probe.get("curvature", {})
+    k, iters, method = cv.get("eig_k", 1), cv.get("eig_iters", "?"), cv.get("eig_method", "?")
+    tol = f"{cv['eig_tol']:g}" if isinstance(cv.get("eig_tol"), int | float) else "?"
+    if method == "auto":  # bnflow.curvature.top_eigenvalues: power iteration for k = 1, Lanczos for k > 1
+        method = "power" if k == 1 else "lanczos"
+    top = f"top {k}, " if k != 1 else ""
+    if method == "lanczos":
+        solver = f"Lanczos ({top}≤ {iters} Hessian-vector products, residual tol {tol})"
+    elif method == "power":
+        solver = (f"power iteration (≤ {iters} Hessian-vector products per phase, relative-change tol {tol}; a "
+                  f"shifted second phase when the dominant eigenvalue is negative)")
+    else:
+        solver = f"eigen-solver {method}"
+    params = {"all": "all trainable parameters", "weights": "conv/linear weights only"}.get(probe.get("params"),
+                                                                                          "unknown parameters")
+    return f"{solver}, w.r.t. {params}"
+
+
 def _read_csv(path: Path, cell: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()  # the probe step writes a table without rows (no BN layer: theorem41) as an empty file
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable ({e}); re-run the probe step for {cell}") from None
 
@@ -116,20 +159,26 @@ def load_figure_data(params: Params, runs_root: Path, probes_root: Path | None =
     """Read every run of the grid (and its checkpoint-wise probes when `probes_root` is given) for the figures."""
     summaries, dense = load_runs(params, runs_root)
     sources: dict[str, set[str]] = {}
+    setups: dict[str, set[str]] = {}
     checkpoint: dict[str, list[pd.DataFrame]] = {name: [] for name in PROBE_TABLES}
     for _, run in summaries.iterrows():
         run_json = json.loads((runs_root / run.cell / f"s{run.seed}" / "run.json").read_text())
         sources.setdefault(run.model, set()).add(describe_source(run.model, run_json.get("data", {})))
         if probes_root is None:
             continue
+        run_dir = probes_root / run.cell / f"s{run.seed}"
         for name in PROBE_TABLES:
-            path = probes_root / run.cell / f"s{run.seed}" / f"{name}.csv"
+            path = run_dir / f"{name}.csv"
             if not path.exists():
                 continue
             frame = _read_csv(path, run.cell)
+            if frame.empty:
+                continue
             for k in RUN_COLUMNS:
                 frame[k] = run[k]
             checkpoint[name].append(frame)
+        if (run_dir / "curvature.csv").exists():
+            setups.setdefault(run.model, set()).add(curvature_text(_probe_params(run_dir, params)))
     if probes_root is not None and not any(checkpoint.values()):
         log.info("%s: no checkpoint-wise probe tables; checkpoint panels use the dense probes only", probes_root)
     return FigureData(
@@ -140,7 +189,20 @@ def load_figure_data(params: Params, runs_root: Path, probes_root: Path | None =
         depths=model_depths(params),
         band=params.figures.band,
         activation_point=params.train.probes.activation_point,
+        curvature_setup={m: " + ".join(sorted(s)) for m, s in setups.items()},
+        probe_batch=probe_batches(params),
     )
+
+
+def _probe_params(run_dir: Path, params: Params) -> Mapping:
+    """The probe params the probe step recorded in probe.json; params.yaml's when it recorded none."""
+    path = run_dir / "probe.json"
+    try:
+        recorded = json.loads(path.read_text())["provenance"]["params"]["probe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.info("%s: no probe params recorded; captions describe params.yaml's probe section", path)
+        return to_plain(params.probe)
+    return recorded
 
 
 def resolve_layers(paper: Sequence[int], available: Sequence[int], depth: int, paper_depth: int

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 from bnflow.config import Params, format_lr
 from bnflow.errors import DataError
-from bnflow.figures import activations, extra, ics, landscape, style, training
+from bnflow.figures import activations, curvature, extra, ics, landscape, style, training
 from bnflow.figures.common import Drawn, Skip
 from bnflow.figures.data import FigureData, load_figure_data
 from bnflow.figures.plots import BAND_TEXT
@@ -69,6 +69,10 @@ FIGURES = (
     FigureSpec("figx1_lr_sensitivity", "Extra 1", "final accuracy and loss against the learning rate",
                extra.figx_lr_sensitivity),
     FigureSpec("figx2_beta_vs_lr", "Extra 2", "effective β-smoothness against 2/lr", extra.figx_beta_vs_lr),
+    FigureSpec("figx3_sharpness", "Extra 3", "top Hessian eigenvalue and batch sharpness against 2/lr",
+               curvature.figx3_sharpness),
+    FigureSpec("figx4_theorem41", "Extra 4", "Theorem 4.1 on real BN layers: gradient reduction factor and the "
+               "identity's gap", curvature.figx4_theorem41),
 )
 
 
@@ -121,7 +125,9 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
         shutil.rmtree(tmp_dir)  # a killed earlier attempt of this step
     tmp_dir.mkdir(parents=True)
     entries = draw_all(data, tmp_dir, params.figures.dpi)
-    write_text(tmp_dir / "REPORT.md", report_markdown(entries, header=_header(params), claims_md=claims_md))
+    tables = [t for t in (curvature.summary_table(data),) if t is not None]
+    write_text(tmp_dir / "REPORT.md", report_markdown(entries, header=_header(params), claims_md=claims_md,
+                                                      tables=tables))
     written = sorted(p.name for p in tmp_dir.iterdir())
     publish_dir(tmp_dir, out_dir, force=force)
     return [out_dir / name for name in written]
