@@ -72,6 +72,14 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     plan = job_counts(run([*smk, "-n"], ws))
     assert plan == {"train": 2, "probe": 2, "lrscan": 1, "summarize": 1, "stats": 1, "figures": 1, "all": 1,
                     "total": 9}, plan
+    # editing only the checkpoint-wise probe params re-runs probing (and what reads it), never training
+    quick = read_yaml(ws / "workflow" / "quick.yaml")
+    quick["train"]["dln"]["steps"] = SHRINK["train"]["dln"]["steps"]
+    quick["train"]["dln"]["checkpoint_steps"] = SHRINK["train"]["dln"]["checkpoint_steps"]
+    quick["probe"]["direction"] = "random"
+    (ws / "workflow" / "quick.yaml").write_text(yaml.safe_dump(quick))
+    plan = job_counts(run([*smk, "-n"], ws))
+    assert plan == {"probe": 4, "summarize": 1, "stats": 1, "figures": 1, "all": 1, "total": 8}, plan
 
 
 def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
