@@ -42,6 +42,7 @@ rule all:
     default_target: True
     input:
         f"{OUT}/figures",
+        f"{OUT}/REPORT.md",
         f"{OUT}/stats/claims.csv",
         f"{OUT}/lrscan/thresholds.csv",
         expand(f"{OUT}/probes/{{cell}}", cell=CELLS),

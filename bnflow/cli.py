@@ -66,7 +66,8 @@ def _run_stats(p: Params, a: argparse.Namespace) -> None:
 def _run_figures(p: Params, a: argparse.Namespace) -> None:
     from bnflow.figures import render_figures
 
-    render_figures(p, a.runs_root, a.output, probes_root=a.probes_root, claims=a.claims, force=a.force)
+    render_figures(p, a.runs_root, a.output, probes_root=a.probes_root, claims=a.claims, report=a.report,
+                   force=a.force)
 
 
 def _add_common(sp: argparse.ArgumentParser) -> None:
@@ -135,7 +136,8 @@ STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
             sp.add_argument("--probes-root", type=Path,
                             help="folder holding the probe step's {cell}/s{seed}/ tables (checkpoint-wise panels)"),
             sp.add_argument("--claims", type=Path, help="the stats step's claims.md, quoted in REPORT.md"),
-            sp.add_argument("--output", type=Path, required=True, help="folder for the figures and REPORT.md"),
+            sp.add_argument("--output", type=Path, required=True, help="folder for the figures"),
+            sp.add_argument("--report", type=Path, help="REPORT.md to write (default: inside --output)"),
         ),
         _run_figures,
     ),

@@ -53,6 +53,8 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     run(smk, ws)
     out = ws / "results" / "quick"
     assert {p.name for p in (out / "figures").iterdir()} >= {"fig01_accuracy.png", "fig01_accuracy.svg"}
+    report = (out / "REPORT.md").read_text()
+    assert "](figures/fig01_accuracy.png)" in report and "**C1**" in report  # figures and claim sentences
     claims = pd.read_csv(out / "stats" / "claims.csv")
     assert len(claims) == 19 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (out / "stats" / "claims.md").read_text().startswith("# Claims")

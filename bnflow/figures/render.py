@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,18 +102,19 @@ def _header(params: Params) -> str:
 
 
 def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_root: Path | None = None,
-                   claims: Path | None = None, force: bool = False) -> list[Path]:
-    """The `figures` step: every figure the grid's data allow, PNG + SVG each, and REPORT.md, into `out_dir`.
+                   claims: Path | None = None, report: Path | None = None, force: bool = False) -> list[Path]:
+    """The `figures` step: every figure the grid's data allow, PNG + SVG each, into `out_dir`, and REPORT.md.
 
     Args:
         runs_root: folder with one {cell}/s{seed}/ folder per run (the train step's outputs).
         probes_root: folder with one {cell}/s{seed}/ folder of checkpoint-wise probe tables, or None.
         claims: the stats step's claims.md, quoted in REPORT.md; or None.
+        report: where REPORT.md goes (e.g. results/REPORT.md, linking into `out_dir`); None: inside `out_dir`.
 
     Returns:
         the written files, in `out_dir`.
     """
-    check_absent(out_dir, force=force)
+    check_absent(out_dir, *([report] if report is not None else []), force=force)
     claims_md = None
     if claims is not None:
         try:
@@ -126,11 +128,16 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
     tmp_dir.mkdir(parents=True)
     entries = draw_all(data, tmp_dir, params.figures.dpi)
     tables = [t for t in (curvature.summary_table(data),) if t is not None]
-    write_text(tmp_dir / "REPORT.md", report_markdown(entries, header=_header(params), claims_md=claims_md,
-                                                      tables=tables))
-    written = sorted(p.name for p in tmp_dir.iterdir())
+    prefix = "" if report is None else Path(os.path.relpath(out_dir, report.parent)).as_posix() + "/"
+    text = report_markdown(entries, header=_header(params), claims_md=claims_md, tables=tables, link_prefix=prefix)
+    if report is None:
+        write_text(tmp_dir / "REPORT.md", text)
+    written = [out_dir / p.name for p in sorted(tmp_dir.iterdir())]
     publish_dir(tmp_dir, out_dir, force=force)
-    return [out_dir / name for name in written]
+    if report is None:
+        return written
+    write_text(report, text)  # after the figures it links to are in place
+    return [*written, report]
 
 
 def write_report_rst(root: Path = ROOT) -> Path:

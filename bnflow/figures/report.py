@@ -64,7 +64,7 @@ def _claims_body(claims_md: str) -> str:
 
 
 def report_markdown(entries: Sequence[Entry], *, header: str, claims_md: str | None,
-                    tables: Sequence[Table] = ()) -> str:
+                    tables: Sequence[Table] = (), link_prefix: str = "") -> str:
     """The figures' report: every drawn figure (relative links to PNG and SVG) with its caption, the tables, then
     the claims.
 
@@ -73,6 +73,7 @@ def report_markdown(entries: Sequence[Entry], *, header: str, claims_md: str | N
         header: a paragraph on what was run (grid, seeds, band).
         claims_md: the stats step's claims.md, or None when the stats outputs were not given.
         tables: small result tables, printed after the figures.
+        link_prefix: the figures folder relative to the report (e.g. "figures/"; "" when they sit together).
     """
     drawn = [e for e in entries if e.caption is not None]
     out = ["# bnflow: figures and claims", "",
@@ -84,8 +85,8 @@ def report_markdown(entries: Sequence[Entry], *, header: str, claims_md: str | N
     out += ["", "## Figures", ""]
     for e in drawn:
         out += [f'<a id="{e.name}"></a>', "", f"### {e.paper}: {e.title}", "",
-                f"![{e.paper}: {e.title}]({e.name}.png)", "", e.caption or "", "",
-                f"Files: [{e.name}.png]({e.name}.png), [{e.name}.svg]({e.name}.svg)", ""]
+                f"![{e.paper}: {e.title}]({link_prefix}{e.name}.png)", "", e.caption or "", "",
+                f"Files: [{e.name}.png]({link_prefix}{e.name}.png), [{e.name}.svg]({link_prefix}{e.name}.svg)", ""]
     if tables:
         out += ["## Tables", ""]
     for t in tables:
