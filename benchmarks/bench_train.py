@@ -47,17 +47,20 @@ from bnflow.errors import BnflowError, ConfigError
 from bnflow.io import write_json
 from bnflow.models import build_vgg
 from bnflow.models.vgg import VGG_CONFIGS
+from bnflow.probes.runner import Prober, ProbePlan
 from bnflow.train.loop import LoopConfig, train_loop
 from bnflow.train.tasks import VggTask
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"device": "cpu", "arch": "vgg11", "width_mult": 0.125, "batch_size": 16, "steps": 20, "warmup": 3,
-         "windows": 3, "parallel": "1,2", "n_train": 256, "num_workers": 0, "threads": 1, "cuda_graphs": "off"}
+         "windows": 3, "parallel": "1,2", "n_train": 256, "num_workers": 0, "threads": 1, "cuda_graphs": "off",
+         "probe_every": 10}
 DEFAULTS = {"device": "auto", "arch": "vgg16", "width_mult": 1.0, "batch_size": 128, "steps": 200, "warmup": 30,
-            "windows": 5, "parallel": "1,4", "lr": 0.1}
+            "windows": 5, "parallel": "1,4", "lr": 0.1, "probe_every": 100}
 CHILD_TIMEOUT_S = 900.0  # longest wait for one child's start-up + warm-up, or for one timed window
 LABELS = {"typical": "typical: PIL + ToTensor/Normalize + DataLoader ({w} workers), .item() per step",
           "bnflow_single": "bnflow {mode}: VggTask + train_loop, one run",
+          "bnflow_probes": "bnflow eager + dense probes every {every} steps, one run ({overhead:+.1f}% vs eager)",
           "bnflow_aggregate": "bnflow {mode}: {n} run(s) at once, one process each, total"}
 MODES = {False: "eager", True: "CUDA graphs"}
 
@@ -232,7 +235,7 @@ def make_vgg_task(plain: dict, data_path: Path, device: torch.device, seed: int)
 
 
 def run_timed(task: VggTask, plain: dict, warmup: int, steps: int, windows: int, cuda_graphs: bool, folder: Path,
-              barrier=None) -> list[float]:
+              barrier=None, prober: Prober | None = None, probe_every: int = 0) -> list[float]:
     """One train_loop call: `warmup` untimed steps, then `windows` windows of `steps` steps; the windows+1 clock reads.
 
     Raises BnflowError when the run diverged (its windows would be short) or when CUDA graphs were asked for and the
@@ -242,7 +245,7 @@ def run_timed(task: VggTask, plain: dict, warmup: int, steps: int, windows: int,
     clock = WindowClock(task, boundaries, barrier)
     cfg = loop_config(plain, boundaries[-1] + 1, cuda_graphs)  # + 1: step boundaries[-1] reads the last clock
     with loop_messages() as messages:
-        out = train_loop(clock, cfg, folder, folder, {}, "bench")
+        out = train_loop(clock, cfg, folder, folder, {}, "bench", prober, probe_every)
     if out.n_steps != cfg.steps:
         raise BnflowError(f"the benchmark run diverged at step {out.diverged_at_step}; lower --lr and rerun")
     if cuda_graphs and not any(m.startswith("captured") for m in messages):  # bnflow.train.graphs logs it
@@ -251,11 +254,20 @@ def run_timed(task: VggTask, plain: dict, warmup: int, steps: int, windows: int,
 
 
 def single_windows(plain: dict, data_path: Path, device: torch.device, s: argparse.Namespace, cuda_graphs: bool,
-                   folder: Path) -> list[float]:
-    """Seconds of each timed window of one bnflow run in this process."""
+                   folder: Path, probe_every: int = 0) -> list[float]:
+    """Seconds of each timed window of one bnflow run in this process (with the train step's dense probes every
+    `probe_every` steps when > 0, built from params' train.probes exactly as the train step builds them)."""
     folder.mkdir()
     task = make_vgg_task(plain, data_path, device, seed=0)
-    times = run_timed(task, plain, s.warmup, s.steps, s.windows, cuda_graphs, folder)
+    prober = None
+    if probe_every:
+        p = from_dict(plain)
+        (cell,) = p.train.grid.values()
+        prober = Prober(ProbePlan.build(p.train.probes.vgg, p.train.probes, cell.lr), task.model,
+                        lambda m, x, y: task.loss(m(x), y), base=p.train.seeds.base, seed=0,
+                        generators=task.generators)
+    times = run_timed(task, plain, s.warmup, s.steps, s.windows, cuda_graphs, folder, prober=prober,
+                      probe_every=probe_every)
     return [b - a for a, b in zip(times, times[1:])]
 
 
@@ -444,6 +456,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cuda-graphs", choices=["off", "on", "both"],
                     help="bnflow rows eager (off), replaying CUDA graphs (on), or both [both on GPU, off on CPU]")
     ap.add_argument("--sync-every", type=int, help="train.execution.sync_every of the bnflow rows [params.yaml]")
+    ap.add_argument("--probe-every", type=int,
+                    help="dense-probe interval of the probes row, 0 = no probes row [100, params' train.probes.vgg]")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file the bnflow rows start from")
     ap.add_argument("--record", type=Path, help="append a dated section with the table to this Markdown file")
     ap.add_argument("--json", type=Path, help="write the numbers and their provenance to this JSON file")
@@ -521,6 +535,14 @@ def measure(s: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], lis
             rows.append(summarise("bnflow_single", 1, s.steps, windows, s.batch_size,
                                   LABELS["bnflow_single"].format(mode=MODES[graphs]), graphs))
             log(rows[-1])
+            if not graphs and s.probe_every:  # the probes' cost, against the same eager loop (issue target: <= 10%)
+                eager_ms = rows[-1]["ms_per_step"]
+                windows = single_windows(plain, data_path, device, s, False, tmp / "single-probes", s.probe_every)
+                row = summarise("bnflow_probes", 1, s.steps, windows, s.batch_size, "", False)
+                row["overhead_pct"] = 100.0 * (row["ms_per_step"] / eager_ms - 1.0)
+                row["label"] = LABELS["bnflow_probes"].format(every=s.probe_every, overhead=row["overhead_pct"])
+                rows.append(row)
+                log(rows[-1])
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the children get the memory the single runs held
         agg = [(graphs, n) for graphs in s.graph_modes for n in s.parallel]

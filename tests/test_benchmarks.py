@@ -49,7 +49,7 @@ def test_smoke_preset_measures_three_kinds_and_records(tmp_path):
     result = json.loads(out_json.read_text())
     rows, meta = result["rows"], result["meta"]
     assert [(r["kind"], r["runs"], r["cuda_graphs"]) for r in rows] == [
-        ("typical", 1, False), ("bnflow_single", 1, False), ("bnflow_aggregate", 1, False),
+        ("typical", 1, False), ("bnflow_single", 1, False), ("bnflow_probes", 1, False), ("bnflow_aggregate", 1, False),
         ("bnflow_aggregate", 2, False)]
     for r in rows:
         assert len(r["window_s"]) == 3 and r["steps_per_window"] == 20
@@ -60,6 +60,10 @@ def test_smoke_preset_measures_three_kinds_and_records(tmp_path):
         assert r["ms_per_step"] == pytest.approx(1000 * med / 20, rel=1e-12)
         assert r["images_per_s"] == pytest.approx(16 * r["steps_per_s"], rel=1e-12)
         assert r["label"] in proc.stdout  # one table line per row
+    probes = rows[2]
+    eager = rows[1]
+    assert probes["overhead_pct"] == pytest.approx(100 * (probes["ms_per_step"] / eager["ms_per_step"] - 1))
+    assert "dense probes every 10 steps" in probes["label"]
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
