@@ -128,3 +128,27 @@ def test_checkpoint_step_adds_curvature_and_theorem_tables(tmp_path, dataset):
         "curvature": to_plain(params.probe.curvature) | {"enabled": False}}})
     probe_cell(off, "vgg-bn-lr0.1", tmp_path / "ckpt" / "vgg-bn-lr0.1", dataset, tmp_path / "q")
     assert not (tmp_path / "q" / "s0" / "curvature.csv").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_probes_match_a_float64_reference_with_tf32_on():
+    """PERFORMANCE.md: probes switch TF32 off; on a GPU their gradient changes must match a float64 CPU reference."""
+    import copy
+
+    from bnflow.models import build_vgg
+    from bnflow.probes.landscape import landscape_probe
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    model = build_vgg("vgg11", "bn", width_mult=0.25, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
+
+    def loss_fn(m, xb, yb):
+        return torch.nn.functional.cross_entropy(m(xb), yb)
+
+    etas = [0.05, 0.1, 0.2, 0.4]
+    gpu = landscape_probe(copy.deepcopy(model).cuda().train(), loss_fn, x.cuda(), y.cuda(), etas=etas)
+    ref = landscape_probe(copy.deepcopy(model).double().train(), loss_fn, x.double(), y, etas=etas)
+    np.testing.assert_allclose(gpu.loss, ref.loss, rtol=1e-4)
+    np.testing.assert_allclose(gpu.grad_change, ref.grad_change, rtol=1e-3)
