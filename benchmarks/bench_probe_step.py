@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, curvature in (("paper probes (landscape, ICS, activations)", None),
                                  ("+ curvature and Theorem 4.1/4.2 checks", params.probe.curvature)):
             plan = ProbePlan.build(params.probe.vgg, params.probe, cell.lr, "gradient", curvature)
-            prober = Prober(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=0, seed=0)
+            prober = Prober.for_task(plan, task, base=0, seed=0)
             times = time_probe(prober, task, repeats)
             rows.append((label, statistics.median(times), min(times), max(times)))
     head = (f"{device_name(device)} | torch {torch.__version__} | commit {git_commit(ROOT)} | "

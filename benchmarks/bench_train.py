@@ -263,9 +263,8 @@ def single_windows(plain: dict, data_path: Path, device: torch.device, s: argpar
     if probe_every:
         p = from_dict(plain)
         (cell,) = p.train.grid.values()
-        prober = Prober(ProbePlan.build(p.train.probes.vgg, p.train.probes, cell.lr), task.model,
-                        lambda m, x, y: task.loss(m(x), y), base=p.train.seeds.base, seed=0,
-                        generators=task.generators)
+        prober = Prober.for_task(ProbePlan.build(p.train.probes.vgg, p.train.probes, cell.lr), task,
+                                  base=p.train.seeds.base, seed=0)
     times = run_timed(task, plain, s.warmup, s.steps, s.windows, cuda_graphs, folder, prober=prober,
                       probe_every=probe_every)
     return [b - a for a, b in zip(times, times[1:])]

@@ -63,9 +63,8 @@ def write_table(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]
 def publish_dir(src: Path, dst: Path, *, force: bool = False) -> None:
     """Move a finished folder into place with one rename; refuse to replace a non-empty one unless `force`."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    check_absent(dst, force=force)
     if dst.exists():
-        if any(dst.iterdir()) and not force:
-            raise OutputExistsError(f"{dst}: already holds completed results; delete it (or pass --force) to redo them")
         shutil.rmtree(dst)
     os.replace(src, dst)
 

@@ -53,8 +53,7 @@ def probe_seed(params: Params, cell_id: str, seed: int, ckpt_dir: Path, data_pat
     fingerprint = run_fingerprint(params, cell_id, seed, task.data_info.get("source_sha256"))
     plan = ProbePlan.build(getattr(params.probe, cell.model), params.probe, cell.lr, params.probe.direction,
                            params.probe.curvature)
-    prober = Prober(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=train.seeds.base, seed=seed,
-                    generators=task.generators)
+    prober = Prober.for_task(plan, task, base=train.seeds.base, seed=seed)
     names = TABLES + (CURVATURE_TABLES if plan.curvature is not None else ())
     tables: dict[str, list[dict]] = {name: [] for name in names}
     steps = []

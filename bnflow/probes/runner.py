@@ -66,6 +66,12 @@ class Prober:
         self.channels: dict[int, list[int]] = {}
         self.units: dict[int, list[tuple[int, ...]]] = {}
 
+    @classmethod
+    def for_task(cls, plan: ProbePlan, task, *, base: int, seed: int) -> Prober:
+        """The prober of one run of a training task (bnflow.train.tasks): its model, loss and noise generators."""
+        return cls(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=base, seed=seed,
+                   generators=task.generators)
+
     def _stream(self, *keys: int) -> torch.Generator:
         return seeds.torch_generator(self.base, self.seed, "probe", *keys)
 

@@ -82,8 +82,7 @@ def train_seed(plain: dict, cell_id: str, seed: int, data_path: str | None, scra
     prober = None
     if probe_cfg.every:
         plan = ProbePlan.build(probe_cfg, dense, cell.lr)
-        prober = Prober(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=train.seeds.base, seed=seed,
-                        generators=task.generators)
+        prober = Prober.for_task(plan, task, base=train.seeds.base, seed=seed)
     outcome = train_loop(task, loop_cfg, state_dir, ckpt_dir, ckpt_meta, fingerprint, prober, probe_cfg.every)
 
     write_table(run_dir / "metrics.csv", outcome.tables["metrics"], METRICS_COLUMNS)
