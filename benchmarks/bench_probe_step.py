@@ -24,7 +24,7 @@ from bench_train import ROOT, device_name, git_commit, pick_device, sync  # noqa
 from bnflow.config import Cell, from_dict, merge, read_yaml, to_plain  # noqa: E402
 from bnflow.data import make_synthetic, save_prepared  # noqa: E402
 from bnflow.probes.runner import Prober, ProbePlan  # noqa: E402
-from bnflow.train.tasks import VggTask  # noqa: E402
+from bnflow.tasks import VggTask  # noqa: E402
 
 
 def time_probe(prober: Prober, task: VggTask, repeats: int) -> list[float]:

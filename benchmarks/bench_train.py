@@ -49,7 +49,7 @@ from bnflow.models import build_vgg
 from bnflow.models.vgg import VGG_CONFIGS
 from bnflow.probes.runner import Prober, ProbePlan
 from bnflow.train.loop import LoopConfig, train_loop
-from bnflow.train.tasks import VggTask
+from bnflow.tasks import VggTask
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"device": "cpu", "arch": "vgg11", "width_mult": 0.125, "batch_size": 16, "steps": 20, "warmup": 3,

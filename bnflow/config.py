@@ -19,23 +19,15 @@ from typing import Any, Literal
 import yaml
 
 from bnflow.errors import ConfigError
+from bnflow.vocab import (CELL_ID, CHANCE, CLAIM_DIRECTIONS, CLAIM_FAMILIES, CLAIM_METRICS, CLAIM_SCALES, CLAIM_TYPES,
+                          DLN_VARIANTS, MODELS, VARIANTS, VGG_LAYERS, format_lr, vgg_depth)
 
-MODELS = ("vgg", "dln")
-VARIANTS = ("standard", "bn", "noisy_bn", "noisy_standard", "l1", "l2", "linf")
-CELL_ID = re.compile(r"^(?P<model>[a-z0-9]+)-(?P<variant>[a-z0-9_]+)-lr(?P<lr>[0-9.e+-]+)$")
 REPLACED_BY_OVERLAY = (("train", "grid"),)
-VGG_LAYERS = {"vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-              "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
 
 
 def rule(*, ge: float | None = None, gt: float | None = None, le: float | None = None, nonempty: bool = False):
     """A dataclass field with range constraints, checked by the loader (no default: params.yaml holds it)."""
     return field(metadata={"ge": ge, "gt": gt, "le": le, "nonempty": nonempty})
-
-
-def format_lr(lr: float) -> str:
-    """The lr as it appears in cell and run ids: Python's shortest general format (0.1, 1e-06)."""
-    return format(lr, "g")
 
 
 # ----------------------------------------------------------------------------------------------------------- sections
@@ -228,6 +220,159 @@ class FiguresConfig:
     band: Literal["minmax", "sd"]
 
 
+# ------------------------------------------------------------------------------------------------------------- claims
+_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """One pre-declared claim (params.yaml `claims:`); params.yaml holds the registry (STATS.md).
+
+    margin: the boundary of a non-inferiority or equivalence claim on the reported scale (ratio: e.g. 1.25 when
+    lower is better, 0.8 when higher is better; difference: e.g. 0.05 / −0.02; equivalence: the band is
+    (1/margin, margin) or (−margin, margin)). reference: the constant arm B stands for when arm_b is "chance".
+    """
+
+    id: str
+    family: str
+    hypothesis: str
+    metric: str
+    model: str
+    arm_a: str
+    arm_b: str
+    lr: float
+    type: str
+    direction: str
+    scale: str
+    margin: float | None = None
+    reference: float | None = None
+    alpha: float = 0.05
+
+
+_KEYS = tuple(f.name for f in dataclasses.fields(ClaimSpec))
+_REQUIRED = ("id", "family", "hypothesis", "metric", "model", "arm_a", "arm_b", "lr", "type", "direction")
+
+
+def _text(entry: typing.Mapping, key: str, path: str) -> str:
+    value = entry[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}.{key}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(entry: typing.Mapping, key: str, path: str) -> float | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (YAML reads 1e-6 as text: write 1.0e-6)" if isinstance(value, str) else ""
+        raise ConfigError(f"{path}.{key}: must be a number, got {type(value).__name__} {value!r}{hint}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}.{key}: must be finite, got {value!r}")
+    return float(value)
+
+
+def _one_of(value: str, choices: typing.Sequence[str], path: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}: unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_claim(c: ClaimSpec, path: str) -> None:
+    """Raise ConfigError (naming `path`.key) unless the claim is internally consistent and uses known names."""
+    if not _ID.match(c.id):
+        raise ConfigError(f"{path}.id: {c.id!r} must start with a letter and use only letters, digits and '_'")
+    _one_of(c.family, CLAIM_FAMILIES, f"{path}.family")
+    _one_of(c.metric, tuple(CLAIM_METRICS), f"{path}.metric")
+    _one_of(c.model, MODELS, f"{path}.model")
+    _one_of(c.type, CLAIM_TYPES, f"{path}.type")
+    _one_of(c.direction, CLAIM_DIRECTIONS, f"{path}.direction")
+    _one_of(c.scale, CLAIM_SCALES, f"{path}.scale")
+    kind, scale, models = CLAIM_METRICS[c.metric]
+    if c.model not in models:
+        raise ConfigError(f"{path}.metric: {c.metric!r} is not measured for model {c.model!r}")
+    variants = DLN_VARIANTS if c.model == "dln" else VARIANTS
+    _one_of(c.arm_a, variants, f"{path}.arm_a")
+    _one_of(c.arm_b, (*variants, CHANCE), f"{path}.arm_b")
+    if c.arm_a == c.arm_b:
+        raise ConfigError(f"{path}.arm_b: must differ from arm_a ({c.arm_a!r})")
+    if not c.lr > 0:
+        raise ConfigError(f"{path}.lr: must be > 0, got {c.lr!r}")
+    if not 0 < c.alpha <= 0.5:
+        raise ConfigError(f"{path}.alpha: must be in (0, 0.5], got {c.alpha!r}")
+    if c.scale != scale:
+        raise ConfigError(f"{path}.scale: {c.metric!r} is compared on the {scale!r} scale; "
+                          f"set scale: {scale} or leave the key out")
+    if kind == "binary" and c.type != "superiority":
+        raise ConfigError(f"{path}.type: {c.metric!r} is a proportion, tested by Fisher's exact test: "
+                          "only 'superiority' is supported")
+    if (c.arm_b == CHANCE) != (c.reference is not None):
+        raise ConfigError(f"{path}.reference: give a reference value exactly when arm_b is {CHANCE!r}")
+    if c.arm_b == CHANCE and kind != "continuous":
+        raise ConfigError(f"{path}.arm_b: {CHANCE!r} needs a metric compared as a difference of means, "
+                          f"not {c.metric!r}")
+    _check_margin(c, f"{path}.margin")
+
+
+def _check_margin(c: ClaimSpec, path: str) -> None:
+    """A margin is required for non-inferiority/equivalence, forbidden for superiority, and must lie on the
+    unfavourable side of the null (otherwise "not worse than the margin" would claim an improvement)."""
+    if c.type == "superiority":
+        if c.margin is not None:
+            raise ConfigError(f"{path}: a superiority claim takes no margin; remove it or change the type")
+        return
+    if c.margin is None:
+        raise ConfigError(f"{path}: a {c.type} claim needs a margin (e.g. 1.25 on the ratio scale)")
+    if c.scale == "ratio" and not c.margin > 0:
+        raise ConfigError(f"{path}: must be > 0 on the ratio scale, got {c.margin!r}")
+    null = 1.0 if c.scale == "ratio" else 0.0
+    if c.type == "equivalence":
+        above, what = True, "an equivalence band (its upper end)"
+    else:
+        above, what = c.direction == "lower", f"a non-inferiority claim where {c.direction} is better"
+    if above and not c.margin > null:
+        raise ConfigError(f"{path}: must be > {null:g} for {what} on the {c.scale} scale, got {c.margin!r}")
+    if not above and not c.margin < null:
+        raise ConfigError(f"{path}: must be < {null:g} for {what} on the {c.scale} scale, got {c.margin!r}")
+
+
+def parse_claims(raw: object) -> tuple[ClaimSpec, ...]:
+    """Validate params.yaml's `claims:` list into ClaimSpecs; ConfigError names the key path (claims[3].margin).
+
+    Args:
+        raw: the YAML value, a list of mappings with ClaimSpec's keys (scale, margin, reference, alpha optional).
+    """
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("claims: must be a non-empty list of claim mappings (see params.yaml and STATS.md)")
+    specs: list[ClaimSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(raw):
+        path = f"claims[{i}]"
+        if not isinstance(entry, typing.Mapping):
+            raise ConfigError(f"{path}: must be a mapping of claim keys, got {type(entry).__name__}")
+        unknown = sorted(str(k) for k in entry if k not in _KEYS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(_KEYS)}")
+        missing = [k for k in _REQUIRED if k not in entry]
+        if missing:
+            raise ConfigError(f"{path}.{missing[0]}: missing; every claim needs {', '.join(_REQUIRED)}")
+        text = {k: _text(entry, k, path) for k in _REQUIRED if k != "lr"}
+        lr, alpha = _number(entry, "lr", path), _number(entry, "alpha", path)
+        if lr is None:
+            raise ConfigError(f"{path}.lr: must be a number, got None")
+        # scale may be left out: it follows from the metric (an unknown metric fails in check_claim first).
+        default_scale = CLAIM_METRICS[text["metric"]][1] if text["metric"] in CLAIM_METRICS else ""
+        spec = ClaimSpec(**text, lr=lr, scale=_text(entry, "scale", path) if "scale" in entry else default_scale,
+                         margin=_number(entry, "margin", path), reference=_number(entry, "reference", path),
+                         alpha=0.05 if alpha is None else alpha)
+        check_claim(spec, path)
+        if spec.id in seen:
+            raise ConfigError(f"{path}.id: duplicate id {spec.id!r} (also claims[{seen[spec.id]}]); ids must be unique")
+        seen[spec.id] = i
+        specs.append(spec)
+    return tuple(specs)
+
+
+
 @dataclass(frozen=True)
 class Params:
     out_dir: str
@@ -237,7 +382,7 @@ class Params:
     lrscan: LrScanConfig
     summarize: SummarizeConfig
     stats: StatsConfig
-    claims: tuple  # of bnflow.stats.ClaimSpec, validated by bnflow.stats.parse_claims
+    claims: tuple  # of ClaimSpec, validated by parse_claims
     figures: FiguresConfig
 
     def cell(self, cell_id: str) -> Cell:
@@ -274,8 +419,6 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
         return types.MappingProxyType({str(k): _convert(v, item_tp, f"{key}.{k}") for k, v in value.items()})
     if tp is tuple:  # the claims registry: validated by its own parser (it knows the metrics and families)
-        from bnflow.stats.claims import parse_claims
-
         return parse_claims(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -344,7 +487,7 @@ def _check_semantics(p: Params) -> None:
             raise ConfigError(f"train.{model}.checkpoint_steps: {bad[0]} is outside 0..{cfg.steps} (train.{model}.steps)")
         if list(cfg.checkpoint_steps) != sorted(set(cfg.checkpoint_steps)):
             raise ConfigError(f"train.{model}.checkpoint_steps: must be strictly increasing")
-    n_layers = {"vgg": sum(1 for c in VGG_LAYERS[p.train.vgg.arch] if c != "M"), "dln": p.train.dln.depth}
+    n_layers = {"vgg": vgg_depth(p.train.vgg.arch), "dln": p.train.dln.depth}
     for section, cfg in (("train.probes", p.train.probes), ("probe", p.probe)):
         for model in MODELS:
             mcfg = getattr(cfg, model)
@@ -414,39 +557,3 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return [to_plain(v) for v in obj]
     return obj
-
-
-
-def _schema_of(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> dict[str, Any]:
-    meta = meta or {}
-    if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
-        return {"type": "object", "additionalProperties": False,
-                "required": [f.name for f in dataclasses.fields(tp)],
-                "properties": {f.name: _schema_of(hints[f.name], f.metadata) for f in dataclasses.fields(tp)}}
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return {"enum": list(typing.get_args(tp))}
-    if origin is tuple:
-        out = {"type": "array", "items": _schema_of(typing.get_args(tp)[0], meta)}
-        return out | ({"minItems": 1} if meta.get("nonempty") else {})
-    if origin is dict:
-        out = {"type": "object", "additionalProperties": _schema_of(typing.get_args(tp)[1])}
-        return out | ({"minProperties": 1} if meta.get("nonempty") else {})
-    if tp is tuple:
-        return {"type": "array", "minItems": 1, "items": {"type": "object"},
-                "description": "claims registry; see STATS.md and bnflow.stats.parse_claims"}
-    out: dict[str, Any] = {"type": {int: "integer", float: "number", str: "string", bool: "boolean"}[tp]}
-    for key, name in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum")):
-        if meta.get(key) is not None:
-            out[name] = meta[key]
-    return out
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of params.yaml, generated from the dataclasses (workflow/schemas/params.schema.json)."""
-    schema = _schema_of(Params)
-    grid = schema["properties"]["train"]["properties"]["grid"]
-    grid["propertyNames"] = {"pattern": CELL_ID.pattern}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "bnflow params.yaml",
-            "description": "Generated by bnflow.config.json_schema(); edit bnflow/config.py, not this file.", **schema}

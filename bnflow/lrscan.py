@@ -21,7 +21,7 @@ from bnflow.gpu import process_device
 from bnflow.io import atomic_path, check_absent, provenance, publish_dir, write_json
 from bnflow.train.cell import loop_config
 from bnflow.train.loop import train_loop
-from bnflow.train.tasks import make_task
+from bnflow.tasks import make_task
 
 log = logging.getLogger("bnflow.lrscan")
 SCAN_COLUMNS = ("model", "variant", "lr", "seed", "steps", "diverged", "loss0", "final_loss", "trainable")

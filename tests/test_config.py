@@ -10,7 +10,8 @@ import sys
 import pytest
 import yaml
 
-from bnflow.config import from_dict, json_schema, load_params, merge
+from bnflow.config import from_dict, load_params, merge
+from bnflow.schema import json_schema
 from bnflow.errors import ConfigError
 from conftest import ROOT
 
@@ -91,7 +92,7 @@ def test_unknown_cell_lists_the_known_ones():
 
 def test_schema_file_is_generated_from_the_dataclasses():
     committed = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
-    assert committed == json_schema(), "regenerate workflow/schemas/params.schema.json from bnflow.config.json_schema()"
+    assert committed == json_schema(), "regenerate workflow/schemas/params.schema.json from bnflow.schema.json_schema()"
     grid = committed["properties"]["train"]["properties"]["grid"]
     assert grid["additionalProperties"]["properties"]["variant"]["enum"][:2] == ["standard", "bn"]
 

@@ -21,7 +21,7 @@ from bnflow.config import from_dict, merge, read_yaml, to_plain
 from bnflow.data import make_synthetic, save_prepared
 from bnflow.errors import OutputExistsError
 from bnflow.train.cell import train_cell
-from bnflow.train.tasks import VggTask
+from bnflow.tasks import VggTask
 from conftest import ROOT, tiny_params
 
 VALUE_COLUMNS = ["step", "split", "loss", "acc"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnflow.config import VGG_LAYERS, Params, to_plain
+from bnflow.config import Params, to_plain
+from bnflow.vocab import vgg_depth
 from bnflow.errors import DataError
 from bnflow.results import RUN_COLUMNS, load_runs, require_columns
 
@@ -113,7 +114,7 @@ def describe_source(model: str, data: Mapping) -> str:
 
 def model_depths(params: Params) -> dict[str, int]:
     """Number of conv (VGG) / linear (DLN) layers of the networks the grid trains."""
-    return {"vgg": sum(1 for c in VGG_LAYERS[params.train.vgg.arch] if c != "M"), "dln": params.train.dln.depth}
+    return {"vgg": vgg_depth(params.train.vgg.arch), "dln": params.train.dln.depth}
 
 
 def probe_batches(params: Params) -> dict[str, str]:

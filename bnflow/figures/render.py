@@ -11,7 +11,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from bnflow.config import Params, format_lr
+from bnflow.config import Params
+from bnflow.vocab import format_lr
 from bnflow.errors import DataError
 from bnflow.figures import activations, curvature, extra, ics, landscape, style, training
 from bnflow.figures.common import Drawn, Skip

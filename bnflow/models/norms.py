@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from bnflow.config import VARIANTS
+from bnflow.vocab import VARIANTS
 
 NORMS = VARIANTS  # the variant names params.yaml accepts (bnflow.config)
 """Variant names, as spelled in params.yaml, run ids and figures (STYLE §6)."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnflow.config import VGG_LAYERS
+from bnflow.vocab import VGG_LAYERS
 from bnflow.models.blocks import BlockNet
 from bnflow.models.norms import NORMS, NoiseSpec, make_norm
 
-# Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A); the table lives with the
-# params that name the architectures (bnflow.config), so validation and model building cannot disagree.
+# Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A); the table lives in the vocabulary
+# (bnflow.vocab) that params validation also reads, so validation and model building cannot disagree.
 VGG_CONFIGS = VGG_LAYERS
 
 

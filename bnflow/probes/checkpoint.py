@@ -19,8 +19,7 @@ from bnflow.errors import DataError
 from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
 from bnflow.probes.runner import CURVATURE_TABLES, TABLES, Prober, ProbePlan
 from bnflow.gpu import process_device
-from bnflow.train.cell import run_fingerprint
-from bnflow.train.tasks import make_task
+from bnflow.tasks import make_task, run_fingerprint
 
 log = logging.getLogger("bnflow.probe")
 

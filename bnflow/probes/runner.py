@@ -68,7 +68,7 @@ class Prober:
 
     @classmethod
     def for_task(cls, plan: ProbePlan, task, *, base: int, seed: int) -> Prober:
-        """The prober of one run of a training task (bnflow.train.tasks): its model, loss and noise generators."""
+        """The prober of one run of a training task (bnflow.tasks): its model, loss and noise generators."""
         return cls(plan, task.model, lambda m, x, y: task.loss(m(x), y), base=base, seed=seed,
                    generators=task.generators)
 

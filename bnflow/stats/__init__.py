@@ -5,20 +5,12 @@
     write_claims_csv(table, "claims.csv"); write_claims_json(table, "claims.json"); write_claims_md(table, "claims.md")
 """
 
-from bnflow.stats.claims import (
-    COLUMNS,
-    DEFAULT_CLAIMS,
-    METRICS,
-    ClaimSpec,
-    decide_verdict,
-    evaluate_claims,
-    parse_claims,
-)
+from bnflow.config import ClaimSpec, parse_claims
+from bnflow.stats.claims import COLUMNS, METRICS, decide_verdict, evaluate_claims
 from bnflow.stats.report import format_number, write_claims_csv, write_claims_json, write_claims_md
 
 __all__ = [
     "COLUMNS",
-    "DEFAULT_CLAIMS",
     "METRICS",
     "ClaimSpec",
     "decide_verdict",

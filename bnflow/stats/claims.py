@@ -33,19 +33,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from bnflow.config import MODELS, VARIANTS
+from bnflow.config import ClaimSpec, check_claim, parse_claims
+from bnflow.vocab import CHANCE, CLAIM_METRICS
 from bnflow.errors import ConfigError, DataError
 from bnflow.stats.estimators import (bootstrap_ci, fisher_p, log_mean_ratio, newcombe_difference, one_sample,
                                      prob_a_better, rank_test, sign_flip_test, t_test, tost, welch_difference)
 from bnflow.stats.multiplicity import adjust, family_method
 
-FAMILIES = ("primary", "secondary_lr", "secondary_lp", "secondary_dln", "secondary_layer", "secondary_checkpoint",
-            "secondary_control", "exploratory")
-TYPES = ("superiority", "non_inferiority", "equivalence")
-DIRECTIONS = ("lower", "higher")
-SCALES = ("ratio", "difference")
-CHANCE = "chance"
-DLN_VARIANTS = ("standard", "bn", "l1", "l2", "linf")
 VERDICTS = ("supported", "contradicted", "inconclusive")
 COLUMNS = ("claim_id", "family", "hypothesis", "metric", "scale", "arm_a", "arm_b", "lr", "n_a", "n_b", "n_excluded",
            "estimate", "ci_low", "ci_high", "ci_level", "margin", "test", "alternative", "statistic", "p_raw", "p_adj",
@@ -66,168 +60,7 @@ class MetricSpec:
     models: tuple[str, ...]
 
 
-METRICS: dict[str, MetricSpec] = {
-    "steps_to_acc90": MetricSpec("censored_time", "ratio", ("vgg",)),
-    "train_acc_auc": MetricSpec("continuous", "difference", ("vgg",)),
-    "final_train_acc": MetricSpec("continuous", "difference", ("vgg",)),
-    "final_test_acc": MetricSpec("continuous", "difference", ("vgg",)),
-    "loss_range_log": MetricSpec("log", "ratio", ("vgg", "dln")),
-    "grad_change_log": MetricSpec("log", "ratio", ("vgg", "dln")),
-    "beta_smooth_log": MetricSpec("log", "ratio", ("vgg", "dln")),
-    "ics_rel_log": MetricSpec("log", "ratio", ("vgg", "dln")),
-    "ics_cos": MetricSpec("continuous", "difference", ("vgg", "dln")),
-    "reached_acc90": MetricSpec("binary", "difference", ("vgg",)),
-    # beyond the paper (PROTOCOL §8): lr·λ_max/2 averaged over checkpoints after warm-up; 1 = edge of stability
-    "edge_ratio": MetricSpec("continuous", "difference", ("vgg", "dln")),
-}
-
-
-@dataclass(frozen=True)
-class ClaimSpec:
-    """One pre-declared claim (params.yaml `claims:`); see DEFAULT_CLAIMS for examples of every kind.
-
-    margin: the boundary of a non-inferiority or equivalence claim on the reported scale (ratio: e.g. 1.25 when
-    lower is better, 0.8 when higher is better; difference: e.g. 0.05 / −0.02; equivalence: the band is
-    (1/margin, margin) or (−margin, margin)). reference: the constant arm B stands for when arm_b is "chance".
-    """
-
-    id: str
-    family: str
-    hypothesis: str
-    metric: str
-    model: str
-    arm_a: str
-    arm_b: str
-    lr: float
-    type: str
-    direction: str
-    scale: str
-    margin: float | None = None
-    reference: float | None = None
-    alpha: float = 0.05
-
-
-_KEYS = tuple(f.name for f in fields(ClaimSpec))
-_REQUIRED = ("id", "family", "hypothesis", "metric", "model", "arm_a", "arm_b", "lr", "type", "direction")
-
-
-def _text(entry: Mapping, key: str, path: str) -> str:
-    value = entry[key]
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}.{key}: must be a non-empty string, got {value!r}")
-    return value
-
-
-def _number(entry: Mapping, key: str, path: str) -> float | None:
-    value = entry.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (YAML reads 1e-6 as text: write 1.0e-6)" if isinstance(value, str) else ""
-        raise ConfigError(f"{path}.{key}: must be a number, got {type(value).__name__} {value!r}{hint}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{path}.{key}: must be finite, got {value!r}")
-    return float(value)
-
-
-def _one_of(value: str, choices: Sequence[str], path: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{path}: unknown value {value!r}; choose one of {', '.join(choices)}")
-
-
-def check_claim(c: ClaimSpec, path: str) -> None:
-    """Raise ConfigError (naming `path`.key) unless the claim is internally consistent and uses known names."""
-    if not _ID.match(c.id):
-        raise ConfigError(f"{path}.id: {c.id!r} must start with a letter and use only letters, digits and '_'")
-    _one_of(c.family, FAMILIES, f"{path}.family")
-    _one_of(c.metric, tuple(METRICS), f"{path}.metric")
-    _one_of(c.model, MODELS, f"{path}.model")
-    _one_of(c.type, TYPES, f"{path}.type")
-    _one_of(c.direction, DIRECTIONS, f"{path}.direction")
-    _one_of(c.scale, SCALES, f"{path}.scale")
-    metric = METRICS[c.metric]
-    if c.model not in metric.models:
-        raise ConfigError(f"{path}.metric: {c.metric!r} is not measured for model {c.model!r}")
-    variants = DLN_VARIANTS if c.model == "dln" else VARIANTS
-    _one_of(c.arm_a, variants, f"{path}.arm_a")
-    _one_of(c.arm_b, (*variants, CHANCE), f"{path}.arm_b")
-    if c.arm_a == c.arm_b:
-        raise ConfigError(f"{path}.arm_b: must differ from arm_a ({c.arm_a!r})")
-    if not c.lr > 0:
-        raise ConfigError(f"{path}.lr: must be > 0, got {c.lr!r}")
-    if not 0 < c.alpha <= 0.5:
-        raise ConfigError(f"{path}.alpha: must be in (0, 0.5], got {c.alpha!r}")
-    if c.scale != metric.scale:
-        raise ConfigError(f"{path}.scale: {c.metric!r} is compared on the {metric.scale!r} scale; "
-                          f"set scale: {metric.scale} or leave the key out")
-    if metric.kind == "binary" and c.type != "superiority":
-        raise ConfigError(f"{path}.type: {c.metric!r} is a proportion, tested by Fisher's exact test: "
-                          "only 'superiority' is supported")
-    if (c.arm_b == CHANCE) != (c.reference is not None):
-        raise ConfigError(f"{path}.reference: give a reference value exactly when arm_b is {CHANCE!r}")
-    if c.arm_b == CHANCE and metric.kind != "continuous":
-        raise ConfigError(f"{path}.arm_b: {CHANCE!r} needs a metric compared as a difference of means, "
-                          f"not {c.metric!r}")
-    _check_margin(c, f"{path}.margin")
-
-
-def _check_margin(c: ClaimSpec, path: str) -> None:
-    """A margin is required for non-inferiority/equivalence, forbidden for superiority, and must lie on the
-    unfavourable side of the null (otherwise "not worse than the margin" would claim an improvement)."""
-    if c.type == "superiority":
-        if c.margin is not None:
-            raise ConfigError(f"{path}: a superiority claim takes no margin; remove it or change the type")
-        return
-    if c.margin is None:
-        raise ConfigError(f"{path}: a {c.type} claim needs a margin (e.g. 1.25 on the ratio scale)")
-    if c.scale == "ratio" and not c.margin > 0:
-        raise ConfigError(f"{path}: must be > 0 on the ratio scale, got {c.margin!r}")
-    null = 1.0 if c.scale == "ratio" else 0.0
-    if c.type == "equivalence":
-        above, what = True, "an equivalence band (its upper end)"
-    else:
-        above, what = c.direction == "lower", f"a non-inferiority claim where {c.direction} is better"
-    if above and not c.margin > null:
-        raise ConfigError(f"{path}: must be > {null:g} for {what} on the {c.scale} scale, got {c.margin!r}")
-    if not above and not c.margin < null:
-        raise ConfigError(f"{path}: must be < {null:g} for {what} on the {c.scale} scale, got {c.margin!r}")
-
-
-def parse_claims(raw: object) -> tuple[ClaimSpec, ...]:
-    """Validate params.yaml's `claims:` list into ClaimSpecs; ConfigError names the key path (claims[3].margin).
-
-    Args:
-        raw: the YAML value, a list of mappings with ClaimSpec's keys (scale, margin, reference, alpha optional).
-    """
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("claims: must be a non-empty list of claim mappings (see bnflow.stats.DEFAULT_CLAIMS)")
-    specs: list[ClaimSpec] = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(raw):
-        path = f"claims[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{path}: must be a mapping of claim keys, got {type(entry).__name__}")
-        unknown = sorted(str(k) for k in entry if k not in _KEYS)
-        if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(_KEYS)}")
-        missing = [k for k in _REQUIRED if k not in entry]
-        if missing:
-            raise ConfigError(f"{path}.{missing[0]}: missing; every claim needs {', '.join(_REQUIRED)}")
-        text = {k: _text(entry, k, path) for k in _REQUIRED if k != "lr"}
-        lr, alpha = _number(entry, "lr", path), _number(entry, "alpha", path)
-        if lr is None:
-            raise ConfigError(f"{path}.lr: must be a number, got None")
-        # scale may be left out: it follows from the metric (an unknown metric fails in check_claim first).
-        default_scale = METRICS[text["metric"]].scale if text["metric"] in METRICS else ""
-        spec = ClaimSpec(**text, lr=lr, scale=_text(entry, "scale", path) if "scale" in entry else default_scale,
-                         margin=_number(entry, "margin", path), reference=_number(entry, "reference", path),
-                         alpha=0.05 if alpha is None else alpha)
-        check_claim(spec, path)
-        if spec.id in seen:
-            raise ConfigError(f"{path}.id: duplicate id {spec.id!r} (also claims[{seen[spec.id]}]); ids must be unique")
-        seen[spec.id] = i
-        specs.append(spec)
-    return tuple(specs)
+METRICS: dict[str, MetricSpec] = {name: MetricSpec(*spec) for name, spec in CLAIM_METRICS.items()}
 
 
 def claim_rng(seed: int, claim_id: str, n_streams: int) -> list[np.random.Generator]:
@@ -527,54 +360,3 @@ def evaluate_claims(runs: pd.DataFrame, claims: Sequence[ClaimSpec], *, seed: in
     df = pd.DataFrame([results[i].row for i in order], columns=list(COLUMNS))
     df.attrs["extras"] = {ids[i]: results[i].extra for i in order}
     return df
-
-
-# ---------------------------------------------------------------------------------------------------- the registry
-def _claim(id: str, family: str, hypothesis: str, metric: str, arm_a: str, arm_b: str, lr: float, type: str,
-           direction: str, model: str = "vgg", **optional: float) -> dict:
-    """One registry entry as the plain, YAML-able dict params.yaml holds."""
-    return dict(id=id, family=family, hypothesis=hypothesis, metric=metric, model=model, arm_a=arm_a, arm_b=arm_b,
-                lr=lr, type=type, direction=direction, scale=METRICS[metric].scale, **optional)
-
-
-# STATS.md's registry at PROTOCOL.md's lrs (VGG 0.1, C8 at the largest lr 0.5, DLN 1e-6). Holm runs over the
-# primary family C1–C6; BH within each secondary family. Margins are defaults to be fixed in params.yaml before
-# any result exists: C2 ratio 1.25 (steps) and −0.02 (AUC, 2 accuracy points), C6 ratio 0.8, C9 5 accuracy points.
-# C9 is declared as a one-sided bound (accuracy − chance < 0.05), not as STATS.md's "superiority": a superiority
-# test of noisy_standard vs chance would test the opposite of the claim, and "p > 0.05" cannot show "no training".
-DEFAULT_CLAIMS: list[dict] = [
-    _claim("C1", "primary", "BN reaches 90% train accuracy in fewer steps than standard at lr 0.1 (Fig 1)",
-           "steps_to_acc90", "bn", "standard", 0.1, "superiority", "lower"),
-    _claim("C2_steps", "primary", "noisy BN reaches 90% train accuracy at most 1.25x later than BN (Fig 2)",
-           "steps_to_acc90", "noisy_bn", "bn", 0.1, "non_inferiority", "lower", margin=1.25),
-    _claim("C2_auc", "primary", "noisy BN's mean train accuracy over the first K steps is at most 0.02 below BN's "
-           "(Fig 2)", "train_acc_auc", "noisy_bn", "bn", 0.1, "non_inferiority", "higher", margin=-0.02),
-    _claim("C3", "primary", "BN reduces the variation of the loss along the gradient (Fig 4a)",
-           "loss_range_log", "bn", "standard", 0.1, "superiority", "lower"),
-    _claim("C4", "primary", "BN makes gradients more predictive: they change less along the step (Fig 4b)",
-           "grad_change_log", "bn", "standard", 0.1, "superiority", "lower"),
-    _claim("C5", "primary", "BN lowers the effective beta-smoothness (Fig 4c)",
-           "beta_smooth_log", "bn", "standard", 0.1, "superiority", "lower"),
-    _claim("C6", "primary", "BN does not reduce internal covariate shift: relative ICS with BN is at least 0.8x "
-           "standard's (Fig 3a)", "ics_rel_log", "bn", "standard", 0.1, "non_inferiority", "higher", margin=0.8),
-    _claim("C7_l1", "secondary_lp", "l1 normalisation reaches 90% train accuracy in fewer steps than standard (Fig 5)",
-           "steps_to_acc90", "l1", "standard", 0.1, "superiority", "lower"),
-    _claim("C7_l2", "secondary_lp", "l2 normalisation reaches 90% train accuracy in fewer steps than standard (Fig 5)",
-           "steps_to_acc90", "l2", "standard", 0.1, "superiority", "lower"),
-    _claim("C7_linf", "secondary_lp", "linf normalisation reaches 90% train accuracy in fewer steps than standard "
-           "(Fig 5)", "steps_to_acc90", "linf", "standard", 0.1, "superiority", "lower"),
-    _claim("C8", "secondary_lr", "BN tolerates a larger lr: at lr 0.5 more BN runs than standard runs reach 90% "
-           "train accuracy (Fig 1)", "reached_acc90", "bn", "standard", 0.5, "superiority", "higher"),
-    _claim("C9", "secondary_control", "noise stops the network without BN from training: its final train accuracy "
-           "stays within 0.05 of chance (Section 3.1)", "final_train_acc", "noisy_standard", "chance", 0.1,
-           "non_inferiority", "lower", margin=0.05, reference=0.1),
-    _claim("C3_dln", "secondary_dln", "DLN: BN reduces the variation of the loss along the gradient (Fig 10a)",
-           "loss_range_log", "bn", "standard", 1e-6, "superiority", "lower", model="dln"),
-    _claim("C4_dln", "secondary_dln", "DLN: BN makes gradients more predictive (Fig 10b)",
-           "grad_change_log", "bn", "standard", 1e-6, "superiority", "lower", model="dln"),
-    _claim("C5_dln", "secondary_dln", "DLN: BN lowers the effective beta-smoothness (Fig 10c)",
-           "beta_smooth_log", "bn", "standard", 1e-6, "superiority", "lower", model="dln"),
-    _claim("C6_dln", "secondary_dln", "DLN: BN does not reduce internal covariate shift (relative ICS with BN at "
-           "least 0.8x standard's) (Fig 3b)", "ics_rel_log", "bn", "standard", 1e-6, "non_inferiority", "higher",
-           model="dln", margin=0.8),
-]

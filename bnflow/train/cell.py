@@ -24,20 +24,11 @@ from bnflow.errors import DataError
 from bnflow.gpu import process_device
 from bnflow.io import check_absent, provenance, publish_dir, write_json, write_table
 from bnflow.probes.runner import TABLES, Prober, ProbePlan
-from bnflow.train.loop import LoopConfig, config_hash, train_loop
-from bnflow.train.tasks import make_task
+from bnflow.tasks import make_task, run_fingerprint
+from bnflow.train.loop import LoopConfig, train_loop
 
 log = logging.getLogger("bnflow.train")
 METRICS_COLUMNS = ("step", "split", "loss", "acc", "wall_s")
-
-
-def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
-    train = to_plain(params.train)
-    model_cfg = train[params.cell(cell_id).model]
-    probes = {k: v for k, v in train["probes"].items() if k not in ("vgg", "dln")} | {
-        "model": train["probes"][params.cell(cell_id).model]}
-    return config_hash({"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": model_cfg,
-                        "norm": train["norm"], "noise": train["noise"], "probes": probes, "data": data_sha})
 
 
 def loop_config(train: TrainConfig, cell: Cell, seed: int, *, steps: int | None = None) -> LoopConfig:

@@ -12,8 +12,6 @@ metrics so far, wall time) is written atomically to the run's scratch folder. Da
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import time
@@ -60,11 +58,6 @@ class RunOutcome:
     n_steps: int = 0
     wall_s: float = 0.0
     resumed_from: int | None = None
-
-
-def config_hash(obj: Any) -> str:
-    """Fingerprint of everything that determines a run's numbers (a resume state must match it)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, step: int, meta: dict[str, Any],

@@ -1,21 +1,26 @@
 """What one run trains on: the model, how step t's batch is formed, the loss, and the test evaluation.
 
-Two tasks share one training loop (loop.py): VGG on a prepared image dataset (mini-batch SGD, PROTOCOL §2) and the
+The floor below everything that trains or measures: the train step, the checkpoint-wise probe step, the lr scan and
+the benchmarks all build their runs here, so a new model family is added in this one place. Two tasks share one
+training loop (bnflow.train.loop): VGG on a prepared image dataset (mini-batch SGD, PROTOCOL §2) and the
 deep linear network (full-batch GD on y = A x, PROTOCOL §6). Both keep their data on the training device, so the hot
 loop has no DataLoader and no host transfer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bnflow import seeds
-from bnflow.config import Cell, TrainConfig
+from bnflow.config import Cell, Params, TrainConfig, to_plain
 from bnflow.data import load_prepared
 from bnflow.errors import ConfigError
 from bnflow.models import build_dln, build_vgg, dln_loss, make_dln_data
@@ -161,3 +166,18 @@ def make_task(train: TrainConfig, cell: Cell, seed: int, data_path: Path | None,
             raise ConfigError(f"train.grid.{cell.id}: a VGG run needs --data (the prepared dataset)")
         return VggTask(train, cell, seed, data_path, device)
     return DlnTask(train, cell, seed, device)
+
+
+def config_hash(obj: Any) -> str:
+    """Fingerprint of everything that determines a run's numbers (a resume state must match it)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
+    """The fingerprint of one run: every param that decides its numbers, and the dataset's hash (VGG)."""
+    train = to_plain(params.train)
+    model_cfg = train[params.cell(cell_id).model]
+    probes = {k: v for k, v in train["probes"].items() if k not in ("vgg", "dln")} | {
+        "model": train["probes"][params.cell(cell_id).model]}
+    return config_hash({"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": model_cfg,
+                        "norm": train["norm"], "noise": train["noise"], "probes": probes, "data": data_sha})
