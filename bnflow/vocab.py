@@ -17,6 +17,9 @@ VARIANTS = ("standard", "bn", "noisy_bn", "noisy_standard", "l1", "l2", "linf")
 DLN_VARIANTS = ("standard", "bn", "l1", "l2", "linf")
 """Variants the paper trains on the deep linear network (PROTOCOL §6)."""
 
+CLASSIFIERS = ("vgg",)
+"""Models that classify images: they have accuracies, a test set and a prepared dataset (the DLN has none)."""
+
 CELL_ID = re.compile(r"^(?P<model>[a-z0-9]+)-(?P<variant>[a-z0-9_]+)-lr(?P<lr>[0-9.e+-]+)$")
 """A grid cell id, {model}-{variant}-lr{lr}; also the Snakemake wildcard constraint of {cell}."""
 
