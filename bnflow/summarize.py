@@ -1,140 +1,285 @@
 """The `summarize` step: each run's curves reduced to the pre-declared per-run summaries of STATS.md (runs.csv).
 
-The run, not the checkpoint, is the unit of analysis. Every summary is a pure function of one run's tidy tables:
-  steps_to_acc90     first logged step whose smoothed mini-batch train accuracy reaches `acc_threshold`;
-                     censored at the step budget (steps_to_acc90_censored) when never reached or diverged
-  train_acc_auc      mean logged train accuracy over steps [0, auc_steps)
-  final_train_acc    mean of the last `final_window` logged train accuracies (final_train_loss likewise)
-  final_test_acc     test accuracy at the budget
-  loss_range_log     mean over probed steps in the window of log(max_η L(θ−ηg) − min_η L(θ−ηg))
-  grad_change_log    mean over the window of log max_η ‖∇L(θ−ηg) − g‖
-  beta_smooth_log    mean over the window of log β_eff, β_eff = max_η ‖∇L(θ−ηg) − g‖ / ‖ηg‖
-  ics_rel_log        mean over probed steps and ICS layers of log(‖G − G'‖ / ‖G‖); ics_cos the mean of cos(G, G')
-  edge_ratio         beyond the paper (PROTOCOL §8): mean of lr·λ_max/2 over the checkpoint-wise probes at steps
-                     >= curvature_warmup × budget (1 = the edge of stability 2/lr); NaN without curvature probes
-A diverged run is kept: censored for steps_to_acc90, not reaching the threshold, NaN for the other summaries
-(the stats step counts it as excluded, never drops it).
+The run, not the checkpoint, is the unit of analysis. Every summary is defined here once (= STATS.md "Per-run
+summaries"); K = summarize.auc_steps, the window = summarize.probe_window × the step budget:
+  steps_to_acc90      first logged step whose smoothed (trailing mean of `smooth_window` points) mini-batch train
+                      accuracy ≥ `acc_threshold`; censored at the budget (steps_to_acc90_censored) if never reached,
+                      or if the run diverged before reaching it
+  reached_acc90       reached before any divergence and still held at the end (smoothed accuracy at the last logged
+                      step ≥ threshold); false for a diverged run, which sits at chance at the end
+  train_acc_auc       mean train accuracy over steps [0, K), each logged point holding until the next; a run that
+                      diverged before K counts chance (1/classes) from its divergence step on
+  final_train_acc     mean of the last `final_window` logged train accuracies; final_test_acc: test accuracy at the
+                      budget; a diverged run counts chance for both
+  final_train_loss    mean of the last `final_window` logged train losses (every model); +inf for a diverged run
+  train_loss_auc_log  mean over logged steps of log train loss (how fast the loss comes down); +inf if diverged
+  loss_band_log       mean over probed steps in the window of log max_η L(θ−ηg) − log min_η L(θ−ηg) (the band as a
+                      ratio, the paper's top/bottom)
+  grad_change_log     mean over probed steps in the window of log max_η ‖∇L(θ−ηg) − g‖
+  beta_q90_log        log of the 90th percentile (nearest rank: the ⌈0.9 n⌉-th smallest) over probed steps in the
+                      window of β_eff = max_η ‖∇L(θ−ηg) − g‖ / ‖ηg‖ (the spikes, not the plateau at 2/lr)
+  ics_rel_log         mean over probed steps in the window and ICS layers of log(‖G − G'‖ / ‖G‖);
+  ics_cos             the mean of cos(G, G') over the same
+  act_drift_log       log of the mean over tracked (layer, channel) pairs of [the standard deviation over probed steps
+                      in the window of the channel's mean] / [the mean over those steps of the channel's std] (Fig 8)
+  edge_ratio          beyond the paper (PROTOCOL §8): mean of lr·λ_max/2 over the checkpoint-wise probes at steps
+                      >= curvature_warmup × budget (1 = the edge of stability 2/lr)
+  diverged            the loss became NaN/inf; the run keeps its row, flagged, never dropped
+Blow-ups are data (STATS.md "Divergence and blow-ups"): a NaN or inf anywhere in one probe (any η, any layer) makes
+that probe's value +inf, the worst (ics_cos −inf, the least aligned: the side ics_rel_log's +inf is on), never
+skipped by a NaN-ignoring min/max; means over probes are then +inf. A diverged run's probe summaries use the probes
+taken before it diverged, and are +inf when it diverged before any probe of the window (or any checkpoint after
+warm-up). Empty cells: the summary does not apply (accuracies of the DLN) or was not measured (dense probes off).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bnflow.config import Params, SummarizeConfig
+from bnflow.data.dataset import NUM_CLASSES
+from bnflow.errors import DataError
 from bnflow.io import atomic_path, check_absent
-from bnflow.results import load_runs
+from bnflow.results import load_runs, probe_run_dir, read_table, rebuild_hint
+from bnflow.vocab import CLASSIFIERS
 
-COLUMNS = ("model", "variant", "lr", "seed", "cell", "run_id", "diverged", "n_steps", "step_budget", "wall_s",
-           "steps_to_acc90", "steps_to_acc90_censored", "reached_acc90", "train_acc_auc", "final_train_acc",
-           "final_train_loss", "final_test_acc", "loss_range_log", "grad_change_log", "beta_smooth_log",
-           "ics_rel_log", "ics_cos", "edge_ratio")
+IDENTITY = ("model", "variant", "lr", "seed", "cell", "run_id", "diverged", "diverged_at_step", "n_steps",
+            "step_budget")
+SUMMARIES = ("steps_to_acc90", "steps_to_acc90_censored", "reached_acc90", "train_acc_auc", "final_train_acc",
+             "final_test_acc", "final_train_loss", "train_loss_auc_log", "loss_band_log", "grad_change_log",
+             "beta_q90_log", "ics_rel_log", "ics_cos", "act_drift_log", "edge_ratio")
+COLUMNS = (*IDENTITY, *SUMMARIES)
+INF = math.inf
+# float32 cross-entropy can round a perfectly fitted batch to exactly 0; floor before log so that it stays finite
+_TINY = float(np.finfo(np.float32).tiny)
 
 
-def _mean_log(values: pd.Series) -> float:
-    v = values.to_numpy(dtype=float)
+def _log(x: np.ndarray | float) -> np.ndarray | float:
     with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log(v)
-    return float(np.mean(logs)) if len(logs) and np.all(np.isfinite(logs)) else float("nan")
+        return np.log(np.maximum(x, _TINY))
 
 
-def accuracy_summaries(metrics: pd.DataFrame, cfg: SummarizeConfig, budget: int, diverged: bool) -> dict[str, float]:
-    """Threshold, AUC and final summaries of one run's metrics rows (columns step, split, loss, acc)."""
+def _mean_or_inf(values: np.ndarray) -> float:
+    """Mean of per-probe values where a non-finite value (a blow-up) is +inf, never skipped."""
+    v = np.where(np.isfinite(values), values, INF)
+    return float(np.mean(v))
+
+
+def nearest_rank_quantile(values: np.ndarray, q: float) -> float:
+    """The ⌈q·n⌉-th smallest value (no interpolation, so +inf is never averaged with a finite neighbour)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    return float(v[max(0, math.ceil(q * v.size) - 1)])
+
+
+# ------------------------------------------------------------------------------------------------- training curves
+def accuracy_summaries(metrics: pd.DataFrame, cfg: SummarizeConfig, budget: int, *, diverged_at: int | None,
+                       n_classes: int) -> dict:
+    """Threshold, AUC and final accuracy summaries of one classifier run (metrics: step, split, loss, acc).
+
+    Args:
+        diverged_at: the step whose loss was NaN/inf (None for a completed run); from it on accuracy is chance.
+        n_classes: classes of the task; chance accuracy is 1/n_classes.
+    """
+    chance = 1.0 / n_classes
     train = metrics[metrics.split == "train"].sort_values("step")
-    test = metrics[metrics.split == "test"].sort_values("step")
-    out = {"final_train_loss": float("nan"), "final_train_acc": float("nan"), "final_test_acc": float("nan"),
-           "train_acc_auc": float("nan"), "steps_to_acc90": float(budget), "steps_to_acc90_censored": True,
-           "reached_acc90": False}
-    if not diverged and len(train):
-        out["final_train_loss"] = float(train.loss.tail(cfg.final_window).mean())
-    has_acc = train.acc.notna().any()
-    if not has_acc:  # the deep linear network has no accuracy
-        out.update(steps_to_acc90=float("nan"), steps_to_acc90_censored=False)
+    steps, acc = train.step.to_numpy(dtype=np.int64), train.acc.to_numpy(dtype=np.float64)
+    end = math.inf if diverged_at is None else diverged_at
+    acc = np.where(steps >= end, chance, acc)
+    smooth = pd.Series(acc).rolling(cfg.smooth_window, min_periods=1).mean().to_numpy()
+    hits = steps[(smooth >= cfg.acc_threshold) & (steps < end)]
+    out = {"steps_to_acc90": float(hits[0]) if hits.size else float(budget), "steps_to_acc90_censored": not hits.size}
+    out["reached_acc90"] = bool(hits.size and diverged_at is None and smooth[-1] >= cfg.acc_threshold)
+    out["train_acc_auc"] = _step_weighted_mean(steps, acc, min(cfg.auc_steps, budget), diverged_at, chance)
+    if diverged_at is not None:
+        out.update(final_train_acc=chance, final_test_acc=chance)
         return out
-    smooth = train.acc.rolling(cfg.smooth_window, min_periods=1).mean()
-    hit = train.step[smooth.to_numpy() >= cfg.acc_threshold]
-    if len(hit):
-        out.update(steps_to_acc90=float(hit.iloc[0]), steps_to_acc90_censored=False, reached_acc90=True)
-    early = train[train.step < cfg.auc_steps]
-    if not diverged or (len(train) and train.step.max() >= cfg.auc_steps):
-        out["train_acc_auc"] = float(early.acc.mean()) if len(early) else float("nan")
-    if not diverged:
-        out["final_train_acc"] = float(train.acc.tail(cfg.final_window).mean())
-        final = test[test.step == budget]
-        out["final_test_acc"] = float(final.acc.iloc[0]) if len(final) else float("nan")
+    out["final_train_acc"] = float(np.mean(acc[-cfg.final_window:]))
+    final = metrics[(metrics.split == "test") & (metrics.step == budget)]
+    if final.empty:
+        raise DataError(f"metrics.csv of a completed run has no test row at the budget (step {budget})")
+    out["final_test_acc"] = float(final.acc.iloc[0])
     return out
 
 
-def probe_summaries(landscape: pd.DataFrame, ics: pd.DataFrame, cfg: SummarizeConfig, budget: int,
-                    diverged: bool) -> dict[str, float]:
-    """Landscape and ICS summaries over the probed steps inside the window (fractions of the step budget)."""
-    nan = float("nan")
-    out = dict.fromkeys(("loss_range_log", "grad_change_log", "beta_smooth_log", "ics_rel_log", "ics_cos"), nan)
-    if diverged:
-        return out
-    lo, hi = cfg.probe_window[0] * budget, cfg.probe_window[1] * budget
-
-    def window(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame[(frame.step >= lo) & (frame.step <= hi)] if len(frame) else frame
-
-    land = window(landscape)
-    if len(land):
-        per_step = land.groupby("step").agg(lmax=("loss", "max"), lmin=("loss", "min"),
-                                            gmax=("grad_change", "max"), beta=("ratio", "max"))
-        out["loss_range_log"] = _mean_log(per_step.lmax - per_step.lmin)
-        out["grad_change_log"] = _mean_log(per_step.gmax)
-        out["beta_smooth_log"] = _mean_log(per_step.beta)
-    ics_w = window(ics)
-    if len(ics_w):
-        out["ics_rel_log"] = _mean_log(ics_w.rel)
-        out["ics_cos"] = float(ics_w.cos.mean())
-    return out
-
-
-def edge_ratio(curvature: pd.DataFrame, cfg: SummarizeConfig, budget: int, diverged: bool) -> float:
-    """Mean lr·λ_max/2 over the checkpoints after warm-up (NaN when diverged or not probed)."""
-    if diverged or curvature is None or not len(curvature):
+def _step_weighted_mean(steps: np.ndarray, acc: np.ndarray, k: int, diverged_at: int | None, chance: float) -> float:
+    """Mean accuracy over steps [0, k): each logged point holds until the next; chance from the divergence on."""
+    if diverged_at is not None and diverged_at < k and diverged_at not in steps:
+        steps, acc = np.append(steps, diverged_at), np.append(acc, chance)  # the run stopped logging there
+    keep = steps < k
+    steps, acc = steps[keep], acc[keep]
+    if not steps.size:
         return float("nan")
+    widths = np.diff(np.append(steps, k))
+    return float(np.sum(widths * acc) / np.sum(widths))
+
+
+def loss_summaries(metrics: pd.DataFrame, cfg: SummarizeConfig, *, diverged: bool) -> dict:
+    """final_train_loss and train_loss_auc_log of one run; +inf (the worst) for a diverged run."""
+    if diverged:
+        return {"final_train_loss": INF, "train_loss_auc_log": INF}
+    loss = metrics[metrics.split == "train"].sort_values("step").loss.to_numpy(dtype=np.float64)
+    if not loss.size:
+        raise DataError("metrics.csv has no train rows")
+    return {"final_train_loss": _mean_or_inf(loss[-cfg.final_window:]), "train_loss_auc_log": _mean_or_inf(_log(loss))}
+
+
+# ------------------------------------------------------------------------------------------------------ the probes
+def landscape_summaries(landscape: pd.DataFrame) -> dict:
+    """loss_band_log, grad_change_log, beta_q90_log of one run's landscape rows inside the window (≥ 1 step)."""
+    per_step = []
+    for _, probe in landscape.groupby("step", sort=True):
+        cols = probe[["loss", "grad_change", "ratio"]].to_numpy(dtype=np.float64)
+        if not np.isfinite(cols).all():  # a blown-up probe: the worst value of every summary
+            per_step.append((INF, INF, INF))
+            continue
+        loss, change, ratio = cols.T
+        per_step.append((_log(loss.max()) - _log(loss.min()), _log(change.max()), ratio.max()))
+    band, change, beta = np.array(per_step).T
+    return {"loss_band_log": _mean_or_inf(band), "grad_change_log": _mean_or_inf(change),
+            "beta_q90_log": float(_log(nearest_rank_quantile(beta, 0.9)))}
+
+
+def ics_summaries(ics: pd.DataFrame) -> dict:
+    """ics_rel_log and ics_cos of one run's ICS rows inside the window (≥ 1 row)."""
+    values = ics[["l2", "rel", "cos"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        return {"ics_rel_log": INF, "ics_cos": -INF}
+    return {"ics_rel_log": float(np.mean(_log(values[:, 1]))), "ics_cos": float(np.mean(values[:, 2]))}
+
+
+def act_drift_log(act: pd.DataFrame) -> float | None:
+    """log mean over (layer, channel) of sd over steps of the channel mean / mean over steps of its std (Fig 8).
+
+    A channel that never moves and has no spread (0/0) contributes 0; None with fewer than 2 probed steps.
+    """
+    if not np.isfinite(act[["mean", "var"]].to_numpy(dtype=np.float64)).all():
+        return INF
+    if act.step.nunique() < 2:
+        return None
+    act = act.assign(std=np.sqrt(act["var"].clip(lower=0.0)))
+    per = act.groupby(["layer", "channel"], sort=True).agg(sd=("mean", "std"), scale=("std", "mean"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(per.sd.to_numpy() == 0, 0.0, per.sd.to_numpy() / per.scale.to_numpy())
+    return float(_log(np.mean(ratio)))
+
+
+def probe_summaries(tables: dict[str, pd.DataFrame], cfg: SummarizeConfig, budget: int, *,
+                    diverged: bool) -> dict:
+    """Every dense-probe summary of one run from its landscape, ics and act_channels rows (all steps).
+
+    A table that is absent or empty (probes off) gives None (not measured); a diverged run with no probe inside the
+    window gives the worst value (it blew up before it could be measured).
+    """
+    lo, hi = cfg.probe_window[0] * budget, cfg.probe_window[1] * budget
+    out: dict = {}
+    jobs = (("landscape", ("loss_band_log", "grad_change_log", "beta_q90_log"), landscape_summaries),
+            ("ics", ("ics_rel_log", "ics_cos"), ics_summaries),
+            ("act_channels", ("act_drift_log",), lambda t: {"act_drift_log": act_drift_log(t)}))
+    for name, keys, summarise in jobs:
+        table = tables.get(name)
+        if table is None or table.empty:
+            out.update(dict.fromkeys(keys))
+            continue
+        inside = table[(table.step >= lo) & (table.step <= hi)]
+        if inside.empty:
+            worst = {k: (-INF if k == "ics_cos" else INF) if diverged else None for k in keys}
+            out.update(worst)
+            continue
+        out.update(summarise(inside))
+    return out
+
+
+def edge_ratio(curvature: pd.DataFrame | None, cfg: SummarizeConfig, budget: int, *, diverged: bool) -> float | None:
+    """Mean lr·λ_max/2 over the checkpoints after warm-up; None when not probed, +inf for a blow-up."""
+    if curvature is None or curvature.empty:
+        return INF if diverged else None
     late = curvature[curvature.step >= cfg.curvature_warmup * budget]
-    return float((late.lr_lambda_max / 2.0).mean()) if len(late) else float("nan")
+    if late.empty:
+        return INF if diverged else None
+    return _mean_or_inf(late.lr_lambda_max.to_numpy(dtype=np.float64) / 2.0)
 
 
-def read_curvature(probes_root: Path | None, cell: str, seed: int) -> pd.DataFrame | None:
+def read_curvature(params: Params, probes_root: Path | None, cell: str, seed: int) -> pd.DataFrame | None:
+    """The checkpoint-wise curvature table of one run; None when no probes root is given or curvature is off."""
     if probes_root is None:
         return None
-    path = probes_root / cell / f"s{seed}" / "curvature.csv"
-    return pd.read_csv(path) if path.exists() else None
+    run_dir = probe_run_dir(probes_root, cell, seed)
+    path = run_dir / "curvature.csv"
+    if not path.exists() and not params.probe.curvature.enabled:
+        return None
+    return read_table(path, "probe", cell)
 
 
+# -------------------------------------------------------------------------------------------------------- the step
 def summarize_runs(params: Params, runs_root: Path, probes_root: Path | None = None) -> pd.DataFrame:
-    """One row per run of the grid with every summary of COLUMNS, sorted by (model, variant, lr, seed)."""
+    """One row per run of the present grid cells with every summary of COLUMNS, sorted by (model, variant, lr, seed).
+
+    Raises:
+        DataError: a seed folder, table or probe folder of a present cell is missing (results.load_runs).
+    """
     summaries, tables = load_runs(params, runs_root)
+    by_run = {name: dict(tuple(t.groupby(["cell", "seed"]))) if len(t) else {} for name, t in tables.items()}
     cfg, rows = params.summarize, []
     for _, run in summaries.iterrows():
-        def of(name: str) -> pd.DataFrame:
-            t = tables[name]
-            return t[(t.cell == run.cell) & (t.seed == run.seed)] if len(t) else t
+        key = (run.cell, run.seed)
+        own = {name: groups.get(key) for name, groups in by_run.items()}
         budget, diverged = int(run.step_budget), bool(run.diverged)
-        row = {k: run[k] for k in ("model", "variant", "lr", "seed", "cell", "run_id", "diverged", "n_steps",
-                                   "step_budget", "wall_s")}
-        row |= accuracy_summaries(of("metrics"), cfg, budget, diverged)
-        row |= probe_summaries(of("landscape"), of("ics"), cfg, budget, diverged)
-        row["edge_ratio"] = edge_ratio(read_curvature(probes_root, run.cell, int(run.seed)), cfg, budget, diverged)
+        diverged_at = _divergence_step(run, own["metrics"]) if diverged else None
+        row = {k: run[k] for k in IDENTITY} | {"diverged_at_step": diverged_at}
+        row |= dict.fromkeys(SUMMARIES)
+        try:
+            if run.model in CLASSIFIERS:
+                n_classes = int(run.n_classes) if pd.notna(run.n_classes) else NUM_CLASSES
+                row |= accuracy_summaries(own["metrics"], cfg, budget, diverged_at=diverged_at, n_classes=n_classes)
+            row |= loss_summaries(own["metrics"], cfg, diverged=diverged)
+        except DataError as e:
+            raise DataError(f"{runs_root}/{run.cell}/s{run.seed}: {e}; {rebuild_hint('train', run.cell)}") from None
+        row |= probe_summaries(own, cfg, budget, diverged=diverged)
+        curvature = read_curvature(params, probes_root, run.cell, int(run.seed))
+        row["edge_ratio"] = edge_ratio(curvature, cfg, budget, diverged=diverged)
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["model", "variant", "lr", "seed"],
-                                                                 ignore_index=True)
+    rows.sort(key=lambda r: (r["model"], r["variant"], float(r["lr"]), int(r["seed"])))
+    # object dtype keeps None (empty cell: not applicable / not measured) apart from a computed NaN
+    return pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
+
+
+def _divergence_step(run: pd.Series, metrics: pd.DataFrame) -> int:
+    """run.json's diverged_at_step; else the first train row with a non-finite loss; else the steps it ran."""
+    if pd.notna(run.diverged_at_step):
+        return int(run.diverged_at_step)
+    train = metrics[metrics.split == "train"]
+    bad = train.step[~np.isfinite(train.loss.to_numpy(dtype=np.float64))]
+    return int(bad.min()) if len(bad) else int(run.n_steps)
+
+
+def format_value(value: object) -> str:
+    """One runs.csv cell: floats with 6 significant digits (nan, inf, -inf spelled out), None/NA empty."""
+    if value is None or value is pd.NA:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return format(float(value), ".6g")
+    return str(value)
 
 
 def write_runs_csv(frame: pd.DataFrame, path: Path) -> None:
-    """runs.csv with one float format (repr precision), empty cells for NA, no index: diffs show real changes."""
+    """runs.csv: COLUMNS in order, rows as given, one float format, empty cells for NA, '\\n' line ends."""
+    lines = [",".join(frame.columns)]
+    lines += [",".join(format_value(v) for v in row) for row in frame.itertuples(index=False, name=None)]
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.10g", na_rep="", lineterminator="\n")
+        tmp.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def summarize(params: Params, runs_root: Path, output: Path, *, probes_root: Path | None = None,
               force: bool = False) -> pd.DataFrame:
+    """Write runs.csv for the present grid cells (absent cells are not run yet: results.missing_cells)."""
     check_absent(output, force=force)
     frame = summarize_runs(params, runs_root, probes_root)
     write_runs_csv(frame, output)

@@ -1,4 +1,5 @@
-"""Small estimators that compare two arms of runs (STATS.md): Welch t, TOST, rank tests, P(A better), bootstrap.
+"""Small estimators that compare two arms of runs (STATS.md): t tests (paired, Welch, one-sample), TOST, bootstrap,
+and exact tests of proportions. Rank tests and P(A better) live in bnflow.stats.ranks.
 
 Every test works on a *test scale* on which "no effect" is 0: a difference of means, or the log of a ratio. The
 caller maps a ratio-scale margin m to log(m) and reports exp() of estimates and CI bounds, so a CI on the ratio scale
@@ -41,12 +42,20 @@ class TTest:
     ci_high: float
 
 
-def _vector(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+def as_values(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     """A 1-D float64 copy of `x`; NaNs are the caller's business (evaluation drops and counts them first)."""
     v = np.asarray(x, dtype=np.float64).reshape(-1)
     if np.isnan(v).any():
         raise ValueError(f"{name}: contains NaN; drop (and count) missing runs before testing")
     return v
+
+
+def _variance(x: np.ndarray) -> float:
+    """Sample variance; 0 when the values agree to 12 significant digits (rounding, not spread, would else give a
+    t statistic of 1e16: runs.csv itself keeps 6 digits)."""
+    if np.ptp(x) <= 1e-12 * max(1.0, float(np.max(np.abs(x)))):
+        return 0.0
+    return float(x.var(ddof=1))
 
 
 def _satterthwaite(va: float, na: int, vb: float, nb: int) -> float:
@@ -62,13 +71,13 @@ def welch_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nd
         a, b: per-run values of arm A and arm B, shape (n_a,), (n_b,); for `*_log` metrics these are logs, and the
             difference is a log ratio.
     """
-    a, b = _vector(a, "a"), _vector(b, "b")
+    a, b = as_values(a, "a"), as_values(b, "b")
     if a.size == 0 or b.size == 0:
         raise ValueError("welch_difference: both arms need at least one value")
     est = float(a.mean() - b.mean())
     if a.size < 2 or b.size < 2:
         return Contrast(est, math.nan, math.nan)
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    va, vb = _variance(a) / a.size, _variance(b) / b.size
     return Contrast(est, float(math.sqrt(va + vb)), _satterthwaite(va, a.size, vb, b.size))
 
 
@@ -82,7 +91,7 @@ def log_mean_ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     Args:
         a, b: positive per-run values (e.g. steps, capped at τ), shape (n_a,), (n_b,).
     """
-    a, b = _vector(a, "a"), _vector(b, "b")
+    a, b = as_values(a, "a"), as_values(b, "b")
     if a.size == 0 or b.size == 0:
         raise ValueError("log_mean_ratio: both arms need at least one value")
     ma, mb = float(a.mean()), float(b.mean())
@@ -91,8 +100,8 @@ def log_mean_ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     est = math.log(ma) - math.log(mb)
     if a.size < 2 or b.size < 2:
         return Contrast(est, math.nan, math.nan)
-    va = a.var(ddof=1) / (a.size * ma**2)
-    vb = b.var(ddof=1) / (b.size * mb**2)
+    va = _variance(a) / (a.size * ma**2)
+    vb = _variance(b) / (b.size * mb**2)
     return Contrast(est, float(math.sqrt(va + vb)), _satterthwaite(va, a.size, vb, b.size))
 
 
@@ -103,13 +112,13 @@ def one_sample(a: Sequence[float] | np.ndarray, reference: float) -> Contrast:
         a: per-run values, shape (n,).
         reference: the constant arm B stands for, in the metric's units.
     """
-    a = _vector(a, "a")
+    a = as_values(a, "a")
     if a.size == 0:
         raise ValueError("one_sample: the arm needs at least one value")
     est = float(a.mean() - reference)
     if a.size < 2:
         return Contrast(est, math.nan, math.nan)
-    return Contrast(est, float(a.std(ddof=1) / math.sqrt(a.size)), float(a.size - 1))
+    return Contrast(est, math.sqrt(_variance(a) / a.size), float(a.size - 1))
 
 
 def t_test(c: Contrast, *, null: float = 0.0, alternative: str = "two-sided", ci_level: float = 0.95) -> TTest:
@@ -123,6 +132,14 @@ def t_test(c: Contrast, *, null: float = 0.0, alternative: str = "two-sided", ci
     """
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    if c.se == 0 and math.isfinite(c.estimate):
+        # Every run equal (e.g. every noisy-standard run diverged to chance): the limit se -> 0 of the t test,
+        # a point CI and p 0 or 1. Callers flag it (zero_variance); a NaN here would hide the strongest evidence.
+        diff = c.estimate - null
+        if diff == 0:
+            return TTest(math.nan, 1.0, c.estimate, c.estimate)
+        p = {"two-sided": 0.0, "less": float(diff > 0), "greater": float(diff < 0)}[alternative]
+        return TTest(math.copysign(math.inf, diff), p, c.estimate, c.estimate)
     if not (c.se > 0 and c.df > 0 and math.isfinite(c.se) and math.isfinite(c.df)):
         return TTest(math.nan, math.nan, math.nan, math.nan)
     t = (c.estimate - null) / c.se
@@ -149,72 +166,6 @@ def tost(c: Contrast, low: float, high: float) -> tuple[float, float]:
         return math.nan, math.nan
     binding = lower if lower.p_value >= upper.p_value else upper
     return binding.statistic, binding.p_value
-
-
-def rank_test(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
-    *,
-    alternative: str,
-    rng: np.random.Generator,
-    shift: float = 0.0,
-    n_resamples: int = 20000,
-) -> float:
-    """Permutation p-value of the Mann–Whitney U of (a − shift) vs b, using mid-ranks so ties are handled exactly.
-
-    With no ties this equals `scipy.stats.mannwhitneyu(method="exact")`; with ties (runs censored at the same
-    budget) it stays exact, where the exact Mann–Whitney table assumes none. The null distribution is enumerated
-    when the number of splits is ≤ n_resamples (5 vs 5: 252), else sampled from `rng`.
-
-    Args:
-        a, b: per-run values on the test scale, shape (n_a,), (n_b,).
-        alternative: "less" means a − shift tends to be smaller than b.
-        rng: source of the Monte Carlo permutations (unused when enumerated).
-        shift: margin on the test scale, so a one-sided test against a non-inferiority margin is a shifted test.
-    """
-    a, b = _vector(a, "a") - shift, _vector(b, "b")
-    ranks = stats.rankdata(np.concatenate([a, b]))
-    offset = a.size * (a.size + 1) / 2.0
-
-    def u_statistic(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-        return np.sum(x, axis=axis) - offset
-
-    res = stats.permutation_test(
-        (ranks[: a.size], ranks[a.size :]), u_statistic, permutation_type="independent", vectorized=True,
-        n_resamples=n_resamples, alternative=alternative, rng=rng,
-    )
-    return float(res.pvalue)
-
-
-def sign_flip_test(
-    x: Sequence[float] | np.ndarray, *, alternative: str, rng: np.random.Generator, n_resamples: int = 20000
-) -> float:
-    """Permutation p-value for H0: x is symmetric about 0, by flipping signs of the mean (exact when 2^n ≤ n_resamples).
-
-    Args:
-        x: per-run differences from the reference (and margin), shape (n,).
-        alternative: "less" means x tends to be below 0.
-        rng: source of the Monte Carlo sign flips (unused when enumerated).
-    """
-    x = _vector(x, "x")
-    res = stats.permutation_test(
-        (x,), lambda v, axis: np.mean(v, axis=axis), permutation_type="samples", vectorized=True,
-        n_resamples=n_resamples, alternative=alternative, rng=rng,
-    )
-    return float(res.pvalue)
-
-
-def prob_a_better(a: np.ndarray, b: np.ndarray, direction: str) -> np.ndarray | float:
-    """P(A better than B): the fraction of (a, b) pairs where a is better, ties counting one half (= U / (n_a n_b)).
-
-    Args:
-        a, b: values with shapes (..., n_a) and (..., n_b); leading axes (e.g. bootstrap resamples) broadcast.
-        direction: "lower" if a smaller metric is better for A, "higher" otherwise.
-    """
-    diff = np.asarray(a, dtype=np.float64)[..., :, None] - np.asarray(b, dtype=np.float64)[..., None, :]
-    wins = diff < 0 if direction == "lower" else diff > 0
-    score = np.mean(wins + 0.5 * (diff == 0), axis=(-2, -1))
-    return float(score) if np.ndim(score) == 0 else score
 
 
 def bootstrap_ci(
@@ -263,6 +214,24 @@ def newcombe_difference(x_a: int, n_a: int, x_b: int, n_b: int, ci_level: float 
     return d, d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2), d + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
 
 
-def fisher_p(x_a: int, n_a: int, x_b: int, n_b: int) -> float:
-    """Two-sided Fisher exact p-value for successes x_a of n_a vs x_b of n_b."""
-    return float(stats.fisher_exact([[x_a, n_a - x_a], [x_b, n_b - x_b]]).pvalue)
+def fisher_p(x_a: int, n_a: int, x_b: int, n_b: int, alternative: str = "two-sided") -> float:
+    """Fisher exact p-value for successes x_a of n_a vs x_b of n_b.
+
+    alternative: "greater" (H1: arm A's success proportion is higher), "less", or "two-sided".
+    """
+    table = [[x_a, n_a - x_a], [x_b, n_b - x_b]]
+    return float(stats.fisher_exact(table, alternative=alternative).pvalue)
+
+
+def mcnemar_exact_p(a: np.ndarray, b: np.ndarray, alternative: str) -> float:
+    """Exact McNemar test for paired 0/1 outcomes: a binomial test on the discordant pairs (paired seeds).
+
+    Args:
+        a, b: 0/1 outcomes of arms A and B, aligned by seed, shape (n,).
+        alternative: "greater" (H1: A succeeds more often than B), "less", or "two-sided".
+    """
+    a, b = as_values(a, "a") != 0, as_values(b, "b") != 0
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5, alternative=alternative).pvalue)

@@ -9,19 +9,23 @@ import pandas as pd
 from bnflow.config import Params
 from bnflow.errors import DataError
 from bnflow.io import check_absent
-from bnflow.stats.claims import evaluate_claims
-from bnflow.stats.report import write_claims_csv, write_claims_json, write_claims_md
+from bnflow.stats.evaluate import evaluate_claims
+from bnflow.stats.write import write_claims_csv, write_claims_json, write_claims_md
 
 
 def run_stats(params: Params, runs_csv: Path, out_dir: Path, *, force: bool = False) -> pd.DataFrame:
-    """Evaluate params.claims on the per-run summaries; same inputs give byte-identical files."""
+    """Evaluate params.claims on the per-run summaries; same inputs (in any row order) give byte-identical files.
+
+    Cells of train.grid without runs in runs.csv (a partial grid) make their claims not_run_yet.
+    """
     outputs = [out_dir / f"claims.{ext}" for ext in ("csv", "json", "md")]
     check_absent(*outputs, force=force)
     try:
         runs = pd.read_csv(runs_csv)
     except (OSError, ValueError) as e:
         raise DataError(f"{runs_csv}: unreadable runs table ({e}); run the summarize step first") from None
-    table = evaluate_claims(runs, params.claims, seed=params.stats.seed, ci_level=params.stats.ci_level)
+    table = evaluate_claims(runs, params.claims, seed=params.stats.seed, ci_level=params.stats.ci_level,
+                            grid=tuple(params.train.grid))
     write_claims_csv(table, outputs[0])
     write_claims_json(table, outputs[1])
     write_claims_md(table, outputs[2])
