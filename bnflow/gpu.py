@@ -6,6 +6,12 @@ exclusive, non-blocking `flock` on `<lock dir>/gpu<id>.lock`, trying the GPUs wi
 concurrent jobs on one host end up on different GPUs. The kernel drops the lock when the lock file's descriptor is
 closed: when the Lease is closed, and at the latest when the process exits, however it exits (even when killed).
 
+The lock folder is the user's own (default /tmp/bnflow-gpu-locks-<uid>, created 0700): a folder another user owns, or
+that others may write to, is refused, since whoever can write there could plant a symlink named like a lock file.
+Lock files are opened with O_NOFOLLOW and never truncated or chmod-ed: a symlink planted in their place is refused
+and the file it points to stays untouched. Who holds a GPU is written to `gpu<id>.holder`, replaced by a rename.
+Jobs of different users therefore do not see each other's locks (they coordinate through the scheduler, or share).
+
 Cluster schedulers (SLURM, Kubernetes) already give each job its own GPU through CUDA_VISIBLE_DEVICES; a job that
 sees exactly one GPU that way uses it without any lock.
 """
@@ -13,11 +19,13 @@ sees exactly one GPU that way uses it without any lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +36,7 @@ from bnflow.errors import BnflowError, ConfigError
 
 log = logging.getLogger("bnflow.gpu")
 LOCK_DIR_ENV = "BNFLOW_GPU_LOCK_DIR"
-DEFAULT_LOCK_DIR = Path("/tmp/bnflow-gpu-locks")
+DEFAULT_LOCK_DIR = Path(f"/tmp/bnflow-gpu-locks-{os.getuid()}")
 # A GPU job runs for minutes, so a job that finds every GPU taken usually gets one within a few minutes; sharing a
 # GPU (the fallback) is slower for both jobs but never wrong.
 DEFAULT_WAIT_S = 600.0
@@ -124,42 +132,91 @@ def _explicit_device(spec: str, key: str) -> torch.device:
 
 
 def _lock_dir(lock_dir: Path | None) -> Path:
+    """The lock folder, created 0700 when missing; refused unless it is a real folder of this user that no one else
+    may write to."""
     path = Path(lock_dir or os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
-    if not path.is_dir():
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise GpuLockError(f"{path}: cannot create the GPU lock folder ({e}); set {LOCK_DIR_ENV} to a writable "
-                               "folder on this host's local disk") from None
-        with contextlib.suppress(OSError):  # other users' jobs on this host lock the same GPUs here (like /tmp)
-            os.chmod(path, 0o1777)
+    fix = f"set {LOCK_DIR_ENV} to a folder of your own on this host's local disk"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)  # ours: a umask may only have narrowed it, but say exactly what it is
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise GpuLockError(f"{path}: cannot create the GPU lock folder ({e.strerror}); {fix}") from None
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise GpuLockError(f"{path}: cannot inspect the GPU lock folder ({e.strerror}); {fix}") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise GpuLockError(f"{path}: the GPU lock folder is {what}; remove it or {fix}")
+    if st.st_uid != os.getuid():
+        raise GpuLockError(f"{path}: the GPU lock folder belongs to another user (uid {st.st_uid}); {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "other users" if st.st_mode & stat.S_IWOTH else "its group"
+        raise GpuLockError(f"{path}: the GPU lock folder is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}); "
+                           f"`chmod 700 {path}` or {fix}")
     return path
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file at `path`, created 0600 if missing; a symlink or non-file there is refused."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            fd = os.open(path, flags)  # an existing lock file: used as it is, never truncated or chmod-ed
+    except OSError as e:
+        what = "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+        raise GpuLockError(f"{path}: the GPU lock file {what}; remove it or set {LOCK_DIR_ENV} to another folder") \
+            from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise GpuLockError(f"{path}: the GPU lock file is not a regular file of yours; remove it or set "
+                           f"{LOCK_DIR_ENV} to another folder")
+    return fd
 
 
 def _try_lock(device: torch.device, path: Path) -> Lease | None:
     """Take the lock at `path` without blocking; None when another job holds it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise GpuLockError(f"{path}: cannot open the GPU lock file ({e}); remove it or set {LOCK_DIR_ENV} to "
-                           "another folder") from None
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o666)  # let other users' jobs open it too (the umask may have narrowed the mode)
-    os.ftruncate(fd, 0)  # who holds it, for a person looking at a busy GPU; the lock itself is the flock
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _write_holder(path)
     return Lease(device, lock_path=path, _fd=fd)
+
+
+def _holder_path(lock_path: Path) -> Path:
+    return lock_path.with_suffix(".holder")
+
+
+def _write_holder(lock_path: Path) -> None:
+    """Who holds the lock, for a person looking at a busy GPU: a new file renamed over the old one (a rename replaces
+    a planted symlink itself, never the file it points to)."""
+    holder = _holder_path(lock_path)
+    tmp = holder.with_name(f".{holder.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, holder)
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 def _holders(paths: list[Path]) -> str:
     out = []
     for p in paths:
         with contextlib.suppress(OSError):
-            out.append(f"{p.name}: {p.read_text().strip() or '?'}")
+            out.append(f"{p.name}: {_holder_path(p).read_text().strip() or '?'}")
     return "; ".join(out)
 
 
@@ -176,8 +233,9 @@ def acquire_device(spec: str = "auto", *, lock_dir: Path | None = None, wait_s: 
 
     Args:
         spec: the device setting (params.yaml `train.execution.device`).
-        lock_dir: folder of the lock files, on this host's local disk; default `$BNFLOW_GPU_LOCK_DIR`, else
-            /tmp/bnflow-gpu-locks. Every job that should avoid the others' GPUs must use the same folder.
+        lock_dir: folder of the lock files, on this host's local disk, owned by this user and writable by no one
+            else; default `$BNFLOW_GPU_LOCK_DIR`, else /tmp/bnflow-gpu-locks-<uid>. Every job that should avoid the
+            others' GPUs must use the same folder.
         wait_s: seconds to wait for a GPU when all are locked, before sharing one; 0 shares at once.
         poll_s: seconds between tries while waiting.
         key: the params key named in error messages.

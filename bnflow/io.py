@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import numbers
 import os
 import platform
 import shutil
@@ -50,14 +51,34 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+FLOAT_FORMAT = ".6g"
+"""Floats in committed tables: 6 significant digits, what float32 training supports (issue 11: diffs that mean
+something). `format` spells NaN and ±inf as nan, inf, -inf, which pandas and the csv module read back as floats."""
+
+
+def format_cell(value: Any) -> Any:
+    """One CSV cell: a non-integral real number with FLOAT_FORMAT, None as an empty cell, anything else as is."""
+    if value is None:
+        return ""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return format(float(value), FLOAT_FORMAT)
+    return value
+
+
 def write_table(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> None:
-    """A tidy CSV, atomically; floats with repr precision so reruns can be compared exactly, None as empty."""
+    """A tidy CSV, atomically: floats with 6 significant digits (`format_cell`), rows and columns in the order given.
+
+    Args:
+        path: the CSV to write.
+        rows: one mapping per row; every row holds every column.
+        columns: column order (default: the first row's keys; no rows and no columns writes an empty header).
+    """
     columns = columns or (tuple(rows[0]) if rows else ())
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
         for r in rows:
-            w.writerow(["" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in columns])
+            w.writerow([format_cell(r[c]) for c in columns])
 
 
 def publish_dir(src: Path, dst: Path, *, force: bool = False) -> None:
@@ -101,12 +122,42 @@ def package_versions() -> dict[str, str]:
 def device_description(device: str) -> dict[str, str]:
     """What ran the numbers: device string, GPU name when CUDA, host platform."""
     info = {"device": str(device), "platform": platform.platform(), "processor": platform.machine()}
-    if str(device).startswith("cuda"):
-        import torch
+    return info | _gpu_facts(device)
 
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = str(torch.version.cuda)
-    return info
+
+def _gpu_facts(device: str) -> dict[str, str]:
+    if not str(device).startswith("cuda"):
+        return {}
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": str(torch.version.cuda)}
+
+
+def code_revision(cwd: str | Path = ".") -> str:
+    """The git tree hash of the bnflow/ package at HEAD ('+dirty' when the working copy of bnflow/ differs).
+
+    Unlike the commit, it changes only when the code that computes the numbers does: committing results, docs or
+    tests leaves it as it was, so re-running unchanged code rewrites provenance.json byte for byte.
+    """
+    try:
+        tree = subprocess.run(["git", "rev-parse", "HEAD:bnflow"], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bnflow"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return tree + ("+dirty" if dirty.strip() else "")
+
+
+def run_provenance(device: str) -> dict[str, Any]:
+    """The committed provenance.json of one run: facts about what computed it, none about when or where.
+
+    code revision (the git tree of bnflow/, see code_revision), package versions, device (device string; GPU name
+    and CUDA version on a GPU) and platform; no wall time, host name, absolute path, commit or command line (those go
+    to the logs), so it changes only when these facts do (issue 11).
+    """
+    return {"code_revision": code_revision(), "packages": package_versions(),
+            "device": {"device": str(device)} | _gpu_facts(device), "platform": platform.platform()}
 
 
 def provenance(params_plain: dict, device: str, argv: list[str] | None = None) -> dict[str, Any]:

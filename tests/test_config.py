@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -51,7 +53,7 @@ def test_params_are_frozen():
     (lambda r: r["train"]["grid"].clear(), "train.grid", "must not be empty"),
     (lambda r: r["train"]["grid"]["vgg-bn-lr0.1"].update(variant="gn"), "train.grid.vgg-bn-lr0.1.variant",
      "not one of"),
-    (lambda r: r["train"]["grid"]["vgg-bn-lr0.1"].update(model="resnet"), "train.grid.vgg-bn-lr0.1.model",
+    (lambda r: r["train"]["grid"]["vgg-bn-lr0.1"].update(model="mlp"), "train.grid.vgg-bn-lr0.1.model",
      "not one of"),
     (lambda r: r["train"]["grid"].update({"vgg-bn-lr0.2": {"model": "vgg", "variant": "bn", "lr": 0.3}}),
      "train.grid.vgg-bn-lr0.2", "vgg-bn-lr0.3"),
@@ -94,7 +96,8 @@ def test_schema_file_is_generated_from_the_dataclasses():
     committed = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
     assert committed == json_schema(), "regenerate workflow/schemas/params.schema.json from bnflow.schema.json_schema()"
     grid = committed["properties"]["train"]["properties"]["grid"]
-    assert grid["additionalProperties"]["properties"]["variant"]["enum"][:2] == ["standard", "bn"]
+    variant = grid["additionalProperties"]["properties"]["variant"]
+    assert variant["examples"][:2] == ["standard", "bn"] and re.fullmatch(variant["pattern"], "group_norm")
 
 
 def test_cli_rejects_bad_params_before_any_work(tmp_path, raw_params):
@@ -102,8 +105,8 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path, raw_params):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw_params))
     out = tmp_path / "data.npz"
-    proc = subprocess.run([sys.executable, "-m", "bnflow", "prepare", "--params", str(bad), "--output", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bnflow", "prepare", "--params", str(bad), "--model", "vgg",
+                           "--output", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "train.grid.vgg-bn-lr0.1.lr: must be > 0" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -114,3 +117,113 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path, raw_params):
 def test_every_step_has_help(step):
     proc = subprocess.run([sys.executable, "-m", "bnflow", step, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "--params" in proc.stdout
+
+
+# ------------------------------------------------------------------------- issue 13.4, 13.7, 14.4: mistakes caught
+def test_duplicate_keys_are_refused_naming_the_file_the_key_and_both_lines(tmp_path):
+    """A second `train:` in an overlay silently replaced the first (YAML's last-wins) and ran the paper grid."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("out_dir: results/x\ntrain:\n  seeds: {n: 1}\nprobe:\n  n_units: 1\ntrain:\n  vgg: {steps: 3}\n")
+    with pytest.raises(ConfigError, match=rf"^{overlay}: duplicate key train \(lines 2 and 6\)"):
+        load_params(ROOT / "params.yaml", overlay)
+    overlay.write_text("train:\n  vgg:\n    steps: 3\n    log_every: 1\n    steps: 4\n")
+    with pytest.raises(ConfigError, match=rf"^{overlay}: duplicate key train\.vgg\.steps \(lines 3 and 5\)"):
+        load_params(ROOT / "params.yaml", overlay)
+    overlay.write_text("train:\n  grid:\n    a: {model: vgg, model: dln}\n")  # flow mappings too
+    with pytest.raises(ConfigError, match=r"duplicate key train\.grid\.a\.model \(lines 3 and 3\)"):
+        load_params(ROOT / "params.yaml", overlay)
+
+
+def test_a_typo_key_gets_a_suggestion_and_the_file_it_came_from(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  vgg: {stepz: 3}\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(ROOT / "params.yaml", overlay)
+    assert str(e.value).startswith("train.vgg.stepz: unknown key; did you mean 'steps'? (valid keys: ")
+    assert str(e.value).endswith(f"(set in {overlay})")
+    # a bad value set in params.yaml and left alone by the overlay is params.yaml's
+    base = tmp_path / "params.yaml"
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["vgg"]["steps"] = 0
+    base.write_text(yaml.safe_dump(raw))
+    overlay.write_text("train:\n  vgg: {log_every: 5}\n")
+    with pytest.raises(ConfigError, match=rf"^train\.vgg\.steps: must be >= 1, got 0 \(set in {base}\)$"):
+        load_params(base, overlay)
+    overlay.write_text("train:\n  vgg: {steps: -3}\n")  # now the overlay's
+    with pytest.raises(ConfigError, match=rf"^train\.vgg\.steps: must be >= 1, got -3 \(set in {overlay}\)$"):
+        load_params(base, overlay)
+
+
+@pytest.mark.parametrize("key", ["out_dir", "prepare.archive", "prepare.download_dir"])
+@pytest.mark.parametrize("value", ["/tmp/x;touch /tmp/PWNED;echo", "results/with space", "$(touch x)", "`id`",
+                                   "-rf", "a|b", "a&b", "x\ny", "res>out", "it's", "*"])
+def test_hostile_path_params_are_refused(raw_params, key, value):
+    """13.1: out_dir is pasted into shell commands; `/tmp/x;touch /tmp/PWNED;echo` created the file."""
+    section, _, name = key.rpartition(".")
+    (raw_params[section] if section else raw_params)[name] = value
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .* is not a safe path"):
+        from_dict(raw_params)
+
+
+def test_safe_paths_are_accepted_and_out_dir_stays_inside(raw_params):
+    for value in ("results", "results/quick", "/abs/path-1/x_y.z", "./out"):
+        raw_params["out_dir"] = value
+        assert from_dict(raw_params).out_dir == value
+    raw_params["prepare"]["archive"] = "../shared/datasets/cifar10-jpeg.tar.gz"  # reading from outside is fine
+    from_dict(raw_params)
+    for value in ("../elsewhere", "results/../../x"):
+        raw_params["out_dir"] = value
+        with pytest.raises(ConfigError, match=r"^out_dir: .* has a '\.\.' component"):
+            from_dict(raw_params)
+
+
+def test_cross_field_mistakes_are_caught_before_any_job(raw_params, tmp_path, monkeypatch):
+    """13.7: these failed late (after training, or 13 s into a job) or named no key."""
+    raw = copy.deepcopy(raw_params)
+    raw["probe"]["curvature"].update(eig_k=30, eig_iters=20)
+    with pytest.raises(ConfigError, match=r"^probe\.curvature\.eig_k: 30 exceeds probe\.curvature\.eig_iters \(20\)"):
+        from_dict(raw)
+    raw = copy.deepcopy(raw_params)
+    raw["prepare"]["source"] = "synthetic"
+    raw["train"]["vgg"]["batch_size"] = raw["prepare"]["synthetic"]["n_train"] + 1
+    with pytest.raises(ConfigError, match=r"^train\.vgg\.batch_size: 2001 exceeds the 2000 training images "
+                                          r"\(prepare\.synthetic\.n_train\)"):
+        from_dict(raw)
+    raw["prepare"]["source"] = "torchvision"  # CIFAR-10: 50000 training images
+    from_dict(raw)
+    raw["train"]["vgg"]["batch_size"] = 50001
+    with pytest.raises(ConfigError, match=r"^train\.vgg\.batch_size: 50001 exceeds the 50000 training images"):
+        from_dict(raw)
+    raw = copy.deepcopy(raw_params)
+    raw["prepare"].update(source="archive", archive="no/such/cifar.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^prepare\.archive: {tmp_path}/no/such/cifar\.tar\.gz does not exist"):
+        from_dict(raw)
+    (tmp_path / "no" / "such").mkdir(parents=True)
+    (tmp_path / "no" / "such" / "cifar.tar.gz").write_bytes(b"")
+    from_dict(raw)
+
+
+@pytest.mark.parametrize("key, value", [("momentum", 0.9), ("weight_decay", 5e-4)])
+def test_dense_probes_need_plain_sgd(raw_params, key, value):
+    """Issue 12 / PROTOCOL §5: the ICS update and the landscape assume plain SGD steps."""
+    raw_params["train"]["vgg"][key] = value
+    with pytest.raises(ConfigError, match=rf"^train\.vgg\.{key}: dense probes \(train\.probes\.vgg\.every = 100\) "
+                                          rf"assume plain SGD, but train\.vgg\.{key} = {value:g}"):
+        from_dict(raw_params)
+    raw_params["train"]["probes"]["vgg"]["every"] = 0
+    assert getattr(from_dict(raw_params).train.vgg, key) == value
+
+
+def test_cli_errors_are_printed_once_and_logged(tmp_path, raw_params):
+    raw_params["train"]["vgg"]["stepz"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw_params))
+    log = tmp_path / "logs" / "prepare.log"
+    proc = subprocess.run([sys.executable, "-m", "bnflow", "prepare", "--params", str(bad), "--model", "vgg",
+                           "--output", str(tmp_path / "d.npz"), "--log", str(log)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.count("train.vgg.stepz: unknown key") == 1, proc.stderr
+    assert proc.stderr.startswith("bnflow prepare: error: train.vgg.stepz: unknown key; did you mean 'steps'?")
+    assert log.read_text().count("train.vgg.stepz: unknown key") == 1

@@ -9,13 +9,14 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from bnflow.errors import ConfigError
 import bnflow.gpu
-from bnflow.gpu import acquire_device, free_memory_order, process_device
+from bnflow.gpu import GpuLockError, acquire_device, free_memory_order, process_device
 from conftest import ROOT
 
 GIB = 1 << 30
@@ -43,7 +44,9 @@ def test_concurrent_jobs_get_different_gpus_most_free_memory_first(gpus, tmp_pat
     assert [lz.device for lz in leases] == [torch.device("cuda", i) for i in (1, 2, 0)]
     assert [lz.lock_path for lz in leases] == [tmp_path / "locks" / f"gpu{i}.lock" for i in (1, 2, 0)]
     assert all(lz.held and not lz.shared for lz in leases)
-    assert leases[0].lock_path.read_text() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    holder = leases[0].lock_path.with_suffix(".holder")
+    assert holder.read_text() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    assert leases[0].lock_path.read_text() == ""  # the lock file itself is never written
     # a fourth job, with every GPU locked and no wait, shares the GPU with the most free memory, unlocked
     device, extra = acquire_device("auto", wait_s=0)
     assert device == torch.device("cuda", 1) and extra.shared and not extra.held and extra.lock_path is None
@@ -199,3 +202,70 @@ def test_process_device_locks_once_per_process(gpus, monkeypatch):
     assert process_device("cuda:0") == torch.device("cuda", 0)
     other.close()
     bnflow.gpu._PROCESS_LEASES.pop("auto").close()
+
+
+# ---------------------------------------------------------------------------------------- attacks on the lock folder
+def test_a_symlink_planted_as_a_lock_file_is_refused_and_its_target_untouched(gpus, tmp_path):
+    """Issue 13.3: gpu1.lock -> a file of the user; the old code opened it with O_CREAT, truncated it, chmod-ed it."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's data\n")
+    precious.chmod(0o600)
+    before = (precious.read_bytes(), precious.stat().st_mode)
+    acquire_device("auto", lock_dir=tmp_path / "locks", wait_s=0)[1].close()  # creates the folder
+    (tmp_path / "locks" / "gpu1.lock").unlink()
+    (tmp_path / "locks" / "gpu1.lock").symlink_to(precious)
+    with pytest.raises(GpuLockError, match=r"gpu1\.lock: the GPU lock file is a symbolic link; remove it"):
+        acquire_device("auto", wait_s=0)
+    assert (precious.read_bytes(), precious.stat().st_mode) == before
+
+
+def test_an_existing_lock_file_is_neither_truncated_nor_chmod_ed(gpus, tmp_path):
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    lock = locks / "gpu1.lock"
+    lock.write_text("left by an earlier job\n")
+    lock.chmod(0o640)
+    with acquire_device("auto", wait_s=0)[1] as lease, acquire_device("auto", wait_s=0)[1] as second:
+        assert lease.lock_path == lock and lease.held
+        assert lock.read_text() == "left by an earlier job\n" and lock.stat().st_mode & 0o777 == 0o640
+        assert second.lock_path == locks / "gpu2.lock"
+        assert second.lock_path.stat().st_mode & 0o777 == 0o600  # created by this job: private
+
+
+def test_the_default_lock_folder_is_per_user_and_private(monkeypatch, tmp_path):
+    fake_cuda(monkeypatch, {0: GIB, 1: GIB})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("BNFLOW_GPU_LOCK_DIR", raising=False)
+    assert bnflow.gpu.DEFAULT_LOCK_DIR == Path(f"/tmp/bnflow-gpu-locks-{os.getuid()}")
+    folder = tmp_path / f"bnflow-gpu-locks-{os.getuid()}"
+    monkeypatch.setattr(bnflow.gpu, "DEFAULT_LOCK_DIR", folder)
+    with acquire_device("auto", wait_s=0)[1] as lease:
+        assert lease.lock_path.parent == folder
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_a_lock_folder_others_can_write_to_is_refused(gpus, tmp_path, mode):
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    locks.chmod(mode)
+    with pytest.raises(GpuLockError, match=rf"{locks}: the GPU lock folder is writable by .*chmod 700"):
+        acquire_device("auto", wait_s=0)
+    assert not any(locks.iterdir())
+
+
+def test_a_lock_folder_of_another_user_or_a_symlink_is_refused(gpus, tmp_path, monkeypatch):
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 4242)  # the folder now belongs to "someone else"
+    with pytest.raises(GpuLockError, match=rf"{locks}: the GPU lock folder belongs to another user \(uid {real_uid}\)"):
+        acquire_device("auto", wait_s=0)
+    monkeypatch.setattr(os, "getuid", lambda: real_uid)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    locks.rmdir()
+    locks.symlink_to(elsewhere)
+    with pytest.raises(GpuLockError, match=rf"{locks}: the GPU lock folder is a symbolic link"):
+        acquire_device("auto", wait_s=0)
+    assert not any(elsewhere.iterdir())

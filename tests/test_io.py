@@ -1,0 +1,54 @@
+"""Committed tables diff well (issue 11): 6 significant digits, non-finite values spelled out, stable order."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnflow import io
+
+
+def test_floats_have_six_significant_digits_and_non_finite_values_are_spelled_out(tmp_path):
+    rows = [
+        {"step": 0, "split": "train", "loss": 2.302585092994046, "acc": None},
+        {"step": 10, "split": "test", "loss": float("nan"), "acc": 0.1 + 0.2},
+        {"step": 20, "split": "train", "loss": float("inf"), "acc": np.float32(0.1)},
+        {"step": 30, "split": "train", "loss": -float("inf"), "acc": 1.0},
+        {"step": 40, "split": "train", "loss": 1.234565e-7, "acc": 123456789.0},
+    ]
+    path = tmp_path / "metrics.csv"
+    io.write_table(path, rows, ("step", "split", "loss", "acc"))
+    assert path.read_text() == (
+        "step,split,loss,acc\n"
+        "0,train,2.30259,\n"
+        "10,test,nan,0.3\n"
+        "20,train,inf,0.1\n"        # float32 0.1 is 0.100000001...: six digits hide float32 noise
+        "30,train,-inf,1\n"
+        "40,train,1.23457e-07,1.23457e+08\n"
+    )
+    back = pd.read_csv(path)
+    assert math.isnan(back.loss[1]) and back.loss[2] == math.inf and back.loss[3] == -math.inf
+    assert back.acc.isna()[0] and back.step.tolist() == [0, 10, 20, 30, 40]  # ints stay ints, None is empty
+    for value in (2.302585092994046, 1.234565e-7, 0.1 + 0.2, 123456789.0):
+        assert abs(float(io.format_cell(value)) - value) <= 5e-6 * abs(value)  # what 6 digits promise
+
+
+def test_column_order_is_the_one_given_and_values_keep_their_text(tmp_path):
+    path = tmp_path / "t.csv"
+    io.write_table(path, [{"b": True, "a": "x,y", "c": 3}], ("c", "a", "b"))
+    assert list(csv.reader(path.open())) == [["c", "a", "b"], ["3", "x,y", "True"]]
+    io.write_table(path, [{"z": 1.5, "y": 2}])  # default: the first row's key order
+    assert path.read_text() == "z,y\n1.5,2\n"
+
+
+def test_run_provenance_holds_no_volatile_fact():
+    prov = io.run_provenance("cpu")
+    assert set(prov) == {"code_revision", "packages", "device", "platform"}
+    assert prov["device"] == {"device": "cpu"} and "torch" in prov["packages"]
+    assert str(Path.cwd()) not in repr(prov) and sys.executable not in repr(prov)  # no absolute path
+    assert io.run_provenance("cpu") == prov  # same facts, same record
