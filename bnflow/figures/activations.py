@@ -14,12 +14,14 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from bnflow.figures.common import (LP_VARIANTS, NOISE_NOTE, PAPER_LRS, Drawn, Skip, curve_note, diverged_note,
-                                   model_phrase, ordered, rows_of)
-from bnflow.figures.data import PAPER_DEPTH, FigureData, layer_title, pick_lrs, resolve_layers
-from bnflow.figures.plots import QUANTILE_BANDS, distribution_over_time, figure_legend, legend, seed_curves, variant_label
-from bnflow.figures.style import VARIANT_COLORS, VARIANT_LABELS
+from bnflow.figures.common import (LP_VARIANTS, NOISE_NOTE, PAPER_LRS, Drawn, Skip, curve_note, diverged_note, look,
+                                   model_phrase, ordered, rows_of, variant_label)
+from bnflow.figures.data import FigureData
+from bnflow.figures.plots import QUANTILE_BANDS, distribution_over_time, figure_legend, legend, seed_curves
+from bnflow.figures.select import (PAPER_DEPTH, layer_title, layers_heading, model_key, paper_lrs, pick_lrs,
+                                   resolve_layers)
 from bnflow.figures.training import ACC_LABEL, draw_train_curves
+from bnflow.vocab import CLASSIFIERS
 from bnflow.results import RUN_COLUMNS, require_columns
 
 UNSHARED = ("standard", "noisy_standard")  # un-normalised activations live on their own scale
@@ -33,7 +35,7 @@ def first_unit(units: pd.DataFrame) -> pd.DataFrame:
     return own[own.unit.astype(str) == min(own.unit.astype(str))]
 
 
-def distribution_grid(fig: plt.Figure, axd: dict, keys: list[list[str]], units: pd.DataFrame,
+def distribution_grid(fig: plt.Figure, data: FigureData, axd: dict, keys: list[list[str]], units: pd.DataFrame,
                       layers: list[tuple[int, tuple[int, ...]]], variants: list[str], ylabel: str) -> list[str]:
     """Fill axd[keys[row][col]] with the distribution over time of layer row, variant col; returns unit notes."""
     notes = []
@@ -46,18 +48,18 @@ def distribution_grid(fig: plt.Figure, axd: dict, keys: list[list[str]], units: 
                 shared = shared or ax
                 if ax is not shared:
                     ax.sharey(shared)
-            title = f"{VARIANT_LABELS[variant]}\n{layer_title(layer, paper)}"
+            title = f"{variant_label(data, variant)}\n{layer_title(layer, paper)}"
             if d.empty:
                 ax.set_axis_off()
                 ax.set_title(f"{title}: not recorded", fontsize=8.5)
                 continue
             unit = first_unit(d)
-            distribution_over_time(ax, unit, color=VARIANT_COLORS[variant])
+            distribution_over_time(ax, unit, color=data.style(variant).color)
             ax.set_title(title, fontsize=8.5)
             ax.set_xlabel("training step")
             if c == 0:
                 ax.set_ylabel(ylabel)
-            notes.append(f"{VARIANT_LABELS[variant]} #{layer}: unit ({unit.unit.iloc[0]}) of seed {unit.seed.iloc[0]}")
+            notes.append(f"{variant_label(data, variant)} #{layer}: unit ({unit.unit.iloc[0]}) of seed {unit.seed.iloc[0]}")
     grey = "#555555"
     fig.legend([Patch(color=grey, alpha=QUANTILE_BANDS[0][2], linewidth=0),
                 Patch(color=grey, alpha=QUANTILE_BANDS[0][2] + QUANTILE_BANDS[1][2], linewidth=0),
@@ -70,26 +72,32 @@ def distribution_grid(fig: plt.Figure, axd: dict, keys: list[list[str]], units: 
 def _units(data: FigureData, model: str, variants: Sequence[str]) -> tuple[pd.DataFrame, str, list[float]]:
     units, source = data.probes("act_units", model)
     units = rows_of(units, variants)
-    lrs = pick_lrs(units.lr.unique(), PAPER_LRS[model])[:1] if not units.empty else []
+    lrs = pick_lrs(units.lr.unique(), paper_lrs(PAPER_LRS, model) or ())[:1] if not units.empty else []
     return rows_of(units, variants, lrs), source, lrs
 
 
 def _point(data: FigureData, model: str) -> str:
     """Where the activations were read, in words (the DLN has no ReLU: its pre_relu point is the layer's output)."""
-    if model == "dln":
+    if model not in CLASSIFIERS:
         return "layer output"
     return "pre-ReLU" if data.activation_point == "pre_relu" else "post-ReLU"
 
 
 def fig_distributions(data: FigureData, model: str, fig_id: str, paper_layers: tuple[int, ...],
-                      variants: tuple[str, ...], *, with_accuracy: bool = False, note: str = "") -> Drawn | Skip:
-    """A grid of distributions over time, rows = the paper's layers, columns = variants (Figs 1c, 2, 6, 9)."""
+                      variants: tuple[str, ...], title: str, *, with_accuracy: bool = False, note: str = ""
+                      ) -> Drawn | Skip:
+    """A grid of distributions over time, rows = the paper's layers, columns = variants (Figs 1c, 2, 6, 9).
+
+    Args:
+        title: the REPORT.md heading without layers; the layers drawn (from the data) are appended.
+    """
     units, source, lrs = _units(data, model, variants)
     if units.empty:
         return Skip(f"no {model} activation probes (act_units) for {', '.join(variants)}")
     present = ordered(units.variant)
-    layers = resolve_layers(paper_layers, units.layer.unique(), data.depths.get(model, PAPER_DEPTH[model]),
-                            PAPER_DEPTH[model])
+    key = model_key(model)
+    layers = resolve_layers(paper_layers, units.layer.unique(), data.depths.get(model, PAPER_DEPTH[key]),
+                            PAPER_DEPTH[key])
     keys = [[f"d{r}_{c}" for c in range(len(present))] for r in range(len(layers))]
     mosaic = [(["acc"] if with_accuracy else []) + row for row in keys]
     widths = ([1.6] if with_accuracy else []) + [1.0] * len(present)
@@ -98,33 +106,37 @@ def fig_distributions(data: FigureData, model: str, fig_id: str, paper_layers: t
     seeds = ""
     if with_accuracy:
         metrics = data.table("metrics", model)
-        counts = draw_train_curves(axd["acc"], metrics[metrics.split == "train"], y="acc", variants=present, lrs=lrs,
-                                   band=data.band)
+        counts = draw_train_curves(axd["acc"], data, metrics[metrics.split == "train"], y="acc", variants=present,
+                                   lrs=lrs)
         axd["acc"].set_title(f"training accuracy, lr {lrs[0]:g}")
         axd["acc"].set_xlabel("training step")
         axd["acc"].set_ylabel(f"mini-batch {ACC_LABEL}")
         legend(axd["acc"], loc="best")
         seeds = f" Accuracy: {curve_note(counts, data.band)}"
-    notes = distribution_grid(fig, axd, keys, units, layers, present, f"activation ({_point(data, model)})")
-    caption = (f"{fig_id}. {model_phrase(data, model)}, lr {lrs[0]:g}; {source}. Distribution over the {'mini-' if model == 'vgg' else 'full '}batch "
-               f"of one tracked unit per panel ({'channel, row, column' if model == 'vgg' else 'unit index'}) at each probed step, recorded in the training "
+    notes = distribution_grid(fig, data, axd, keys, units, layers, present, f"activation ({_point(data, model)})")
+    image = model in CLASSIFIERS
+    caption = (f"{fig_id}. {model_phrase(data, model)}, lr {lrs[0]:g}; {source}. Distribution over the "
+               f"{'mini-' if image else 'full '}batch of one tracked unit per panel "
+               f"({'channel, row, column' if image else 'unit index'}) at each probed step, recorded in the training "
                f"forward pass (train-mode BN): shaded 5–95% and 25–75%, line: median. Units: {'; '.join(notes)}. "
                f"Activations {_point(data, model)} (for normalised variants: after the norm's affine map). "
                f"Normalised variants share a y-scale per row; un-normalised ones have their own.{seeds} {note}"
                f"{diverged_note(data, model, present, lrs)}")
-    return Drawn(fig, caption.rstrip())
+    return Drawn(fig, caption.rstrip(), f"{title}, {layers_heading(layers)}")
 
 
 def fig01c_activations(data: FigureData) -> Drawn | Skip:
     """Fig 1c: distribution over time of one activation at layers #3 and #11, standard vs BN."""
-    return fig_distributions(data, "vgg", "Fig 1c", (3, 11), ("standard", "bn"))
+    return fig_distributions(data, "vgg", "Fig 1c", (3, 11), ("standard", "bn"),
+                             "distribution of one activation over time, standard vs BatchNorm")
 
 
 def fig02_noisy_bn(data: FigureData) -> Drawn | Skip:
     """Fig 2: train accuracy and activation distributions at layers #2, #9, #13 for standard, BN and noisy BN."""
     if rows_of(data.table("metrics", "vgg"), ["noisy_bn"]).empty:
         return Skip("no VGG noisy_bn runs in the grid")
-    return fig_distributions(data, "vgg", "Fig 2", (2, 9, 13), ("standard", "bn", "noisy_bn"), with_accuracy=True,
+    return fig_distributions(data, "vgg", "Fig 2", (2, 9, 13), ("standard", "bn", "noisy_bn"),
+                             "noisy BatchNorm: training accuracy and activation distributions", with_accuracy=True,
                              note=f"Noisy BN: paper Algorithm 1 after each BN's affine map. {NOISE_NOTE}")
 
 
@@ -132,12 +144,14 @@ def fig06_lp_activations(data: FigureData) -> Drawn | Skip:
     """Fig 6: activation distributions at layer #11 under each normalisation."""
     if rows_of(data.table("metrics", "vgg"), LP_VARIANTS).empty:
         return Skip("no VGG l1, l2 or linf runs in the grid")
-    return fig_distributions(data, "vgg", "Fig 6", (11,), ("standard", "bn", *LP_VARIANTS))
+    return fig_distributions(data, "vgg", "Fig 6", (11,), ("standard", "bn", *LP_VARIANTS),
+                             "activation distributions under each normalisation")
 
 
 def fig09_dln_activations(data: FigureData) -> Drawn | Skip:
     """Fig 9: DLN activation distributions at layers 1, 11, 24, standard vs BN."""
-    return fig_distributions(data, "dln", "Fig 9", (1, 11, 24), ("standard", "bn"))
+    return fig_distributions(data, "dln", "Fig 9", (1, 11, 24), ("standard", "bn"),
+                             "deep linear network activation distributions")
 
 
 def moment_changes(channels: pd.DataFrame) -> pd.DataFrame:
@@ -180,7 +194,8 @@ def fig_moments(data: FigureData, part: str) -> Drawn | Skip:
         return Skip("no VGG activation-channel probes for standard, bn or noisy_bn")
     lrs = pick_lrs(chans.lr.unique(), PAPER_LRS["vgg"])[:1]
     moments = moment_changes(rows_of(chans, variants, lrs))
-    layers = resolve_layers((2, 9, 13), moments.layer.unique(), data.depths.get("vgg", 13), 13)
+    layers = resolve_layers((2, 9, 13), moments.layer.unique(), data.depths.get("vgg", PAPER_DEPTH["vgg"]),
+                            PAPER_DEPTH["vgg"])
     cols = (("step_mean", "|Δμ| / σ"), ("step_var", "|Δσ²| / σ²")) if part == "a" else \
         (("drift_mean", "|μₜ − μ₀| / σ₀"), ("drift_var", "|σ²ₜ − σ²₀| / σ²₀"))
     fig, axes = plt.subplots(len(layers), 2, figsize=(8.4, 2.4 * len(layers) + 0.3), squeeze=False, sharex=True,
@@ -193,8 +208,8 @@ def fig_moments(data: FigureData, part: str) -> Drawn | Skip:
                 d = moments[(moments.layer == layer) & (moments.variant == variant)].dropna(subset=[col])
                 d = d[d[col] > 0]
                 if not d.empty:
-                    counts.append(seed_curves(ax, d, x="step", y=col, color=VARIANT_COLORS[variant],
-                                              label=variant_label(variant, lrs[0]), band=data.band, log=True))
+                    counts.append(seed_curves(ax, d, x="step", y=col, label=variant_label(data, variant, lrs[0]),
+                                              band=data.band, log=True, **look(data, variant)))
             ax.set_yscale("log")
             ax.set_title(f"batch {'mean' if c == 0 else 'variance'}, {layer_title(layer, paper)}", fontsize=8.5)
             ax.set_ylabel(ylabel + " (log)")
@@ -208,7 +223,9 @@ def fig_moments(data: FigureData, part: str) -> Drawn | Skip:
                f"channels. {model_phrase(data, 'vgg')}; {source}; activations {_point(data, 'vgg')}, recorded in the "
                f"training forward pass (train-mode BN; for noisy BN the noise is included). "
                f"{curve_note(counts, data.band, log=True)}{diverged_note(data, 'vgg', variants, lrs)}")
-    return Drawn(fig, caption)
+    title = ("change of activation mean and variance between probes" if part == "a" else
+             "drift of activation mean and variance from the first probe")
+    return Drawn(fig, caption, f"{title}, {layers_heading(layers)}")
 
 
 def fig08a_moment_change(data: FigureData) -> Drawn | Skip:

@@ -1,4 +1,4 @@
-"""What every figure function returns, and the caption sentences they share (seeds, bands, BN mode, data)."""
+"""What every figure function returns, how a variant is drawn, and the caption sentences figures share."""
 
 from __future__ import annotations
 
@@ -9,23 +9,34 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bnflow.figures.data import FigureData
+from bnflow.figures.palette import variant_order
 from bnflow.figures.plots import BAND_TEXT, n_seeds_text
-from bnflow.figures.style import VARIANT_COLORS
+from bnflow.figures.select import PAPER_LRS, same_lr
+from bnflow.figures.style import lr_style
+
+__all__ = ["PAPER_LRS", "Drawn", "Skip", "ordered", "rows_of", "look", "variant_label", "curve_note",
+           "diverged_note", "model_phrase", "model_name"]
 
 LP_VARIANTS = ("l1", "l2", "linf")
-PAPER_LRS = {"vgg": (0.1,), "dln": (1e-6,)}  # the lr of the paper's probe and ℓp figures (PROTOCOL §1)
 TEST_MODE = "Test accuracy in eval mode (running statistics, no noise)."
 PROBE_MODE = ("Probes run in train mode (batch statistics) on the probed step's own (mini-)batch (and, for noisy "
               "variants, its own noise).")
 NOISE_NOTE = "Noise is applied in training steps only; evaluation runs without it."
+MODEL_NAMES = {"vgg": "VGG", "dln": "Deep linear network", "resnet": "ResNet"}
+MANY_CURVES = 3  # a panel with more curves leaves out single-seed lines and fades its bands (seed_curves light=True)
 
 
 @dataclass(frozen=True)
 class Drawn:
-    """A drawn figure and its caption (written under the figure and into REPORT.md)."""
+    """A drawn figure and its caption (written under the figure and into REPORT.md).
+
+    Args:
+        title: the REPORT.md heading when it depends on the data (the layers drawn); None: the registry's title.
+    """
 
     fig: Figure
     caption: str
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,30 +47,58 @@ class Skip:
 
 
 def ordered(variants: Sequence[str]) -> list[str]:
-    """Variants in the palette's order, so legends list them the same way in every figure."""
-    order = list(VARIANT_COLORS)
-    return sorted(set(variants), key=lambda v: order.index(v) if v in order else len(order))
+    """Variants in legend order (the paper's, then the new norms, then other names alphabetically)."""
+    return variant_order(str(v) for v in variants)
 
 
 def rows_of(frame: pd.DataFrame, variants: Sequence[str], lrs: Sequence[float] | None = None) -> pd.DataFrame:
     """Rows of the given variants (and lrs, compared with a relative tolerance)."""
     sel = frame[frame.variant.isin(list(variants))]
     if lrs is not None:
-        lr = sel.lr.astype(float)
-        keep = pd.Series(False, index=sel.index)
-        for x in lrs:
-            keep |= (lr - x).abs() <= 1e-9 * abs(x)
+        keep = sel.lr.map(lambda lr: any(same_lr(lr, x) for x in lrs)).astype(bool)
         sel = sel[keep]
     return sel
 
 
-def curve_note(counts: list[int], band: str, log: bool = False) -> str:
-    """'n = 2 seeds per curve; thick line: mean …; shaded: …; thin lines: single seeds.'"""
+def look(data: FigureData, variant: str, lr: float | None = None, lrs: Sequence[float] = ()) -> dict:
+    """Matplotlib colour and line style of a variant's curve: the lr's style when the panel has several lrs."""
+    style = data.style(variant)
+    lrs = sorted({float(x) for x in lrs}, reverse=True)
+    dash = lr_style(float(lr), lrs) if lr is not None and len(lrs) > 1 else style.dash
+    return {"color": style.color, "linestyle": dash}
+
+
+def variant_label(data: FigureData, variant: str, lr: float | None = None) -> str:
+    """Legend text naming the variant (and its learning rate)."""
+    label = data.style(variant).label
+    return label if lr is None else f"{label}, lr {lr:g}"
+
+
+def many(n_curves: int) -> bool:
+    """Whether a panel with this many curves is drawn light (no single-seed lines)."""
+    return n_curves > MANY_CURVES
+
+
+def curve_note(counts: list[int], band: str, log: bool = False, single: bool | None = True) -> str:
+    """'n = 2 seeds per curve; thick line: mean …; shaded: …; thin lines: single seeds.'
+
+    Args:
+        single: single-seed lines are drawn in every panel (True), in none (False: every panel has more than
+            MANY_CURVES curves), or only in panels with at most MANY_CURVES curves (None).
+    """
     seeds = n_seeds_text(counts)
     if max(counts, default=0) <= 1:
         return f"{seeds} (no across-seed band)."
     centre = "mean across seeds" + (" (geometric mean on log axes)" if log else "")
-    return f"{seeds}; thick line: {centre}; shaded: {BAND_TEXT[band]}; thin lines: single seeds."
+    thin = {True: "thin lines: single seeds.",
+            False: f"single seeds not drawn (more than {MANY_CURVES} curves per panel).",
+            None: f"thin lines: single seeds, in panels with at most {MANY_CURVES} curves."}[single]
+    return f"{seeds}; thick line: {centre}; shaded: {BAND_TEXT[band]}; {thin}"
+
+
+def seeds_drawn(lights: list[bool]) -> bool | None:
+    """curve_note's `single` from each panel's light flag."""
+    return None if any(lights) and not all(lights) else not any(lights)
 
 
 def diverged_note(data: FigureData, model: str, variants: Sequence[str], lrs: Sequence[float]) -> str:
@@ -67,9 +106,15 @@ def diverged_note(data: FigureData, model: str, variants: Sequence[str], lrs: Se
     return f" Diverged runs (their curves stop at divergence): {', '.join(ids)}." if ids else ""
 
 
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
 def model_phrase(data: FigureData, model: str) -> str:
-    """'VGG (8 conv layers) on CIFAR-10 (...)' / 'deep linear network (25 layers), synthetic regression …'."""
-    if model == "vgg":
-        return f"VGG ({data.depths.get('vgg', '?')} conv layers, SGD) on {data.source('vgg')}"
-    return (f"Deep linear network ({data.depths.get('dln', '?')} layers, full-batch GD) on "
-            f"{data.source('dln')}")
+    """'VGG (8 conv layers, SGD) on CIFAR-10 (...)' / 'Deep linear network (25 layers, full-batch GD) on …'; other
+    image classifiers (bnflow.vocab.CLASSIFIERS) read like VGG."""
+    depth = data.depths.get(model)
+    if model == "dln":
+        return f"Deep linear network ({depth or '?'} layers, full-batch GD) on {data.source('dln')}"
+    layers = f"{depth} conv layers, " if depth else ""
+    return f"{model_name(model)} ({layers}SGD) on {data.source(model)}"

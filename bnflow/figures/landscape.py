@@ -9,12 +9,13 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullLocator
 
-from bnflow.figures.common import (LP_VARIANTS, PAPER_LRS, PROBE_MODE, Drawn, Skip, curve_note, diverged_note,
-                                   model_phrase, ordered, rows_of)
-from bnflow.figures.data import FigureData, pick_lrs
-from bnflow.figures.plots import eta_band, figure_legend, seed_curves, seed_summary, variant_label
-from bnflow.figures.style import STEP_CMAP, VARIANT_COLORS, lr_style
-from bnflow.figures.training import ACC_LABEL, DLN_LOSS_LABEL, draw_train_curves
+from bnflow.figures.common import (LP_VARIANTS, PAPER_LRS, PROBE_MODE, Drawn, Skip, curve_note, diverged_note, look,
+                                   many, model_phrase, ordered, rows_of, variant_label)
+from bnflow.figures.data import FigureData
+from bnflow.figures.plots import eta_band, figure_legend, seed_curves, seed_summary
+from bnflow.figures.select import pick_lrs
+from bnflow.figures.style import STEP_CMAP, Z_SEED
+from bnflow.figures.training import train_panel
 from bnflow.results import RUN_COLUMNS, require_columns
 
 MAX_TIMES = 6  # Fig 11 curves when the training times come from dense probes (one per probed step would be unreadable)
@@ -43,22 +44,22 @@ def gradient_rows(landscape: pd.DataFrame) -> pd.DataFrame:
     return landscape
 
 
-def landscape_panels(axes: list[Axes], land: pd.DataFrame, *, variants: list[str], lrs: list[float], band: str,
-                     log: bool) -> list[int]:
+def landscape_panels(axes: list[Axes], data: FigureData, land: pd.DataFrame, *, variants: list[str],
+                     lrs: list[float], log: bool) -> list[int]:
     """Draw (a) the loss band, (b) the gradient-predictiveness band, (c) β_eff into three axes; returns seed counts."""
     counts = []
     per_seed = len(variants) * len(lrs) <= 2  # with more bands, each seed's edges would bury them
+    light = many(len(variants) * len(lrs))
     for variant in variants:
         for lr in lrs:
             d = rows_of(land, [variant], [lr])
             if d.empty:
                 continue
-            color, label, ls = VARIANT_COLORS[variant], variant_label(variant, lr), lr_style(lr, lrs)
-            counts.append(eta_band(axes[0], d, y="loss", color=color, label=label, log=log, linestyle=ls,
-                                   per_seed=per_seed))
-            eta_band(axes[1], d, y="grad_change", color=color, label=label, log=log, linestyle=ls, per_seed=per_seed)
-            seed_curves(axes[2], beta_eff(d), x="step", y="beta", color=color, label=label, band=band, log=True,
-                        linestyle=ls)
+            label, style = variant_label(data, variant, lr), look(data, variant, lr, lrs)
+            counts.append(eta_band(axes[0], d, y="loss", label=label, log=log, per_seed=per_seed, **style))
+            eta_band(axes[1], d, y="grad_change", label=label, log=log, per_seed=per_seed, **style)
+            seed_curves(axes[2], beta_eff(d), x="step", y="beta", label=label, band=data.band, log=True,
+                        light=light, **style)
     labels = ("loss on the probed batch", "ℓ2 gradient change ‖∇L(θ − ηg) − g‖", "β_eff = max_η ‖Δ∇L‖ / ‖ηg‖")
     for ax, title, ylabel in zip(axes, PANEL_TITLES, labels, strict=True):
         ax.set_title(title)
@@ -75,7 +76,8 @@ def _landscape_caption(fig_id: str, data: FigureData, model: str, source: str, l
     return (f"{fig_id}. {model_phrase(data, model)}; {source}. Step sizes η ∈ {etas}. Loss and gradient panels: "
             f"shaded = min–max over η of the across-seed mean ({'geometric ' if model == 'dln' else ''}mean over "
             f"{max(counts, default=0)} seeds){seeds}. β_eff: "
-            f"{curve_note(counts, data.band, log=True)} {PROBE_MODE}{diverged_note(data, model, variants, lrs)}")
+            f"{curve_note(counts, data.band, log=True, single=not many(len(variants) * len(lrs)))} {PROBE_MODE}"
+            f"{diverged_note(data, model, variants, lrs)}")
 
 
 def _eta_text(land: pd.DataFrame, lrs: list[float]) -> str:
@@ -97,16 +99,8 @@ def fig_landscape(data: FigureData, model: str, fig_id: str, variants: tuple[str
     axes = list(axes[0])
     counts = []
     if with_train:
-        y = "acc" if model == "vgg" else "loss"
-        metrics = data.table("metrics", model)
-        counts += draw_train_curves(axes[0], metrics[metrics.split == "train"], y=y, variants=present, lrs=lrs,
-                                    band=data.band, log=model == "dln")
-        axes[0].set_title("training " + ("accuracy" if model == "vgg" else "loss"))
-        axes[0].set_xlabel("training step")
-        axes[0].set_ylabel(f"training (mini-batch) {ACC_LABEL}" if model == "vgg" else DLN_LOSS_LABEL)
-        if model == "dln":
-            axes[0].set_yscale("log")
-    counts += landscape_panels(axes[-3:], land, variants=present, lrs=lrs, band=data.band, log=model == "dln")
+        counts += train_panel(axes[0], data, model, present, lrs, light=many(len(present) * len(lrs)))
+    counts += landscape_panels(axes[-3:], data, land, variants=present, lrs=lrs, log=model == "dln")
     for k, ax in enumerate(axes):
         ax.set_title(f"({'abcd'[k]}) {ax.get_title()}")
     figure_legend(fig)
@@ -173,7 +167,7 @@ def fig_grad_vs_eta(data: FigureData, model: str, fig_id: str) -> Drawn | Skip:
                 continue
             etas = wide.index.to_numpy(dtype=float)
             for k in range(wide.shape[1]):
-                ax.plot(etas, wide.iloc[:, k], color=color, linewidth=0.5, alpha=0.35)
+                ax.plot(etas, wide.iloc[:, k], color=color, linewidth=0.5, alpha=0.35, zorder=Z_SEED)
             centre, _, _ = seed_summary(wide.to_numpy(dtype=float), "minmax", log=True)
             ax.plot(etas, centre, color=color, linewidth=1.6, marker="o", markersize=3, label=f"step {step:g}")
             counts.append(wide.shape[1])
@@ -183,7 +177,7 @@ def fig_grad_vs_eta(data: FigureData, model: str, fig_id: str) -> Drawn | Skip:
         etas = np.sort(d.eta.unique().astype(float))
         ax.set_xticks(etas, [f"{e:g}" for e in etas])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_title(f"{variant_label(variant, lrs[0])}")
+        ax.set_title(variant_label(data, variant, lrs[0]))
         ax.set_xlabel(f"probe step size η (dotted: η = lr = {lrs[0]:g})")
     axes[0][0].set_ylabel("ℓ2 gradient change ‖∇L(θ − ηg) − g‖ (log)")
     figure_legend(fig, ncols=MAX_TIMES, title="training time (colour: step)", title_fontsize=7.5)

@@ -11,19 +11,14 @@ import warnings
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 
-from bnflow.figures.style import VARIANT_LABELS
+from bnflow.figures.style import Z_BAND, Z_SEED
 from bnflow.results import require_columns
 
 BAND_TEXT = {"minmax": "min–max across seeds", "sd": "mean ± 1 s.d. across seeds (on log axes: ×/÷ the geometric s.d.)"}
 QUANTILE_BANDS = (("q05", "q95", 0.18), ("q25", "q75", 0.38))
-
-
-def variant_label(variant: str, lr: float) -> str:
-    """Legend text naming the variant and its learning rate."""
-    return f"{VARIANT_LABELS.get(variant, variant)}, lr {lr:g}"
 
 
 def seed_summary(values: np.ndarray, band: str, log: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,23 +61,25 @@ def _wide(df: pd.DataFrame, x: str, y: str, what: str) -> pd.DataFrame:
 
 
 def seed_curves(ax: Axes, df: pd.DataFrame, *, x: str, y: str, color: str, label: str, band: str,
-                log: bool = False, linestyle: str = "-") -> int:
+                log: bool = False, linestyle: str | tuple = "-", light: bool = False) -> int:
     """One curve: centre across seeds (thick), the band across seeds (shaded) and each seed (thin).
 
     Args:
         df: long rows with columns seed, `x`, `y` for one variant and lr.
         log: the axis is logarithmic; the centre is then the geometric mean (see seed_summary).
+        light: many curves share the panel: no single-seed lines and a fainter band, so the centres stay readable.
 
     Returns:
         the number of seeds drawn.
     """
     wide = _wide(df, x, y, f"curve {label}")
     xs, values = wide.index.to_numpy(dtype=float), wide.to_numpy(dtype=float)
-    for k in range(values.shape[1]):
-        ax.plot(xs, values[:, k], color=color, linewidth=0.5, alpha=0.35, linestyle=linestyle)
+    if not light:
+        for k in range(values.shape[1]):
+            ax.plot(xs, values[:, k], color=color, linewidth=0.5, alpha=0.35, linestyle=linestyle, zorder=Z_SEED)
     centre, lo, hi = seed_summary(values, band, log)
     if values.shape[1] > 1:
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.08 if light else 0.18, linewidth=0, zorder=Z_BAND)
     ax.plot(xs, centre, color=color, linewidth=1.7, linestyle=linestyle, label=label)
     return values.shape[1]
 
@@ -105,7 +102,7 @@ def eta_range(df: pd.DataFrame, y: str, log: bool) -> pd.DataFrame:
 
 
 def eta_band(ax: Axes, df: pd.DataFrame, *, y: str, color: str, label: str, log: bool = False,
-             linestyle: str = "-", per_seed: bool = True) -> int:
+             linestyle: str | tuple = "-", per_seed: bool = True) -> int:
     """Fill the band over η of the across-seed centre; thin lines (if `per_seed`): each seed's own band edges.
 
     Returns:
@@ -117,9 +114,10 @@ def eta_band(ax: Axes, df: pd.DataFrame, *, y: str, color: str, label: str, log:
         for seed in seeds:
             own = eta_range(df[df.seed == seed], y, log)
             for edge in ("lo", "hi"):
-                ax.plot(own.index, own[edge], color=color, linewidth=0.4, alpha=0.35, linestyle=linestyle)
+                ax.plot(own.index, own[edge], color=color, linewidth=0.4, alpha=0.35, linestyle=linestyle,
+                        zorder=Z_SEED)
     ax.fill_between(band.index.to_numpy(dtype=float), band.lo, band.hi, color=color, alpha=0.3, linewidth=0,
-                    label=label)
+                    label=label, zorder=Z_BAND)
     for edge in ("lo", "hi"):
         ax.plot(band.index, band[edge], color=color, linewidth=0.9, linestyle=linestyle)
     return len(seeds)
@@ -135,7 +133,7 @@ def distribution_over_time(ax: Axes, df: pd.DataFrame, *, color: str) -> None:
     d = df.sort_values("step")
     xs = d.step.to_numpy(dtype=float)
     for lo, hi, alpha in QUANTILE_BANDS:
-        ax.fill_between(xs, d[lo], d[hi], color=color, alpha=alpha, linewidth=0)
+        ax.fill_between(xs, d[lo], d[hi], color=color, alpha=alpha, linewidth=0, zorder=Z_BAND)
     ax.plot(xs, d.q50, color=color, linewidth=1.2)
 
 
@@ -148,9 +146,13 @@ def n_seeds_text(counts: list[int]) -> str:
     return f"n = {lo} seed{'s' if hi > 1 else ''} per curve" if lo == hi else f"n = {lo}–{hi} seeds per curve"
 
 
-def figure_legend(fig: Figure, ncols: int = 6, **kwargs) -> None:
-    """One legend for the whole figure, above the panels: every label once, in drawing order (colours are per
-    variant in every panel, so one key serves all; panel legends would sit on the curves)."""
+def figure_legend(fig: Figure | SubFigure, ncols: int = 6, **kwargs) -> None:
+    """One legend for a figure (or one model's subfigure), above its panels: every label once, in drawing order.
+
+    Colours are per variant in every panel, so one key serves all panels it spans (panel legends would sit on the
+    curves). A figure with a block per model gets one legend per block: a label such as "Standard, lr 0.1" means
+    one model's runs, and two models' entries in one key would look alike.
+    """
     seen: dict[str, object] = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):

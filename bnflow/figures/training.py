@@ -5,28 +5,56 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from bnflow.figures.common import (LP_VARIANTS, PAPER_LRS, TEST_MODE, Drawn, Skip, curve_note, diverged_note,
-                                   model_phrase, ordered, rows_of)
-from bnflow.figures.data import FigureData, pick_lrs
-from bnflow.figures.plots import figure_legend, seed_curves, variant_label
-from bnflow.figures.style import VARIANT_COLORS, lr_style
+from bnflow.figures.common import (LP_VARIANTS, PAPER_LRS, TEST_MODE, Drawn, Skip, curve_note, diverged_note, look,
+                                   many, model_phrase, ordered, rows_of, seeds_drawn, variant_label)
+from bnflow.figures.data import FigureData
+from bnflow.figures.plots import figure_legend, legend, seed_curves
+from bnflow.figures.select import pick_lrs
 
 FIG1_LRS = (0.1, 0.5)  # PROTOCOL §1 [paper]
 ACC_LABEL = "accuracy (fraction correct)"
-DLN_LOSS_LABEL = "training loss ½Σ‖W₂₅⋯W₁x − Ax‖² (log)"
+SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
-def draw_train_curves(ax: Axes, rows, *, y: str, variants: list[str], lrs: list[float], band: str,
-                      log: bool = False) -> list[int]:
-    """One across-seed curve per (variant, lr) of mini-batch/full-batch training rows; returns the seed counts."""
+def dln_loss_label(data: FigureData) -> str:
+    """'training loss ½Σ‖W₂₅⋯W₁x − Ax‖² (log)', with the trained DLN's depth (params), not the paper's."""
+    depth = data.depths.get("dln")
+    last = f"W{str(depth).translate(SUBSCRIPT)}" if depth else "W_L"
+    return f"training loss ½Σ‖{last}⋯W₁x − Ax‖² (log)"
+
+
+def draw_train_curves(ax: Axes, data: FigureData, rows, *, y: str, variants: list[str], lrs: list[float],
+                      log: bool = False, light: bool = False, with_lr: bool = True) -> list[int]:
+    """One across-seed curve per (variant, lr) of mini-batch/full-batch training rows; returns the seed counts.
+
+    Args:
+        with_lr: legend labels name the lr; False where the panel's title names its one lr (then one legend entry
+            per variant serves every panel).
+    """
     counts = []
     for variant in variants:
         for lr in lrs:
             d = rows_of(rows, [variant], [lr])
             if not d.empty:
-                counts.append(seed_curves(ax, d, x="step", y=y, color=VARIANT_COLORS[variant],
-                                          label=variant_label(variant, lr), band=band, log=log,
-                                          linestyle=lr_style(lr, lrs)))
+                label = variant_label(data, variant, lr if with_lr else None)
+                counts.append(seed_curves(ax, d, x="step", y=y, label=label, band=data.band, log=log, light=light,
+                                          **look(data, variant, lr, lrs)))
+    return counts
+
+
+def train_panel(ax: Axes, data: FigureData, model: str, variants: list[str], lrs: list[float], *,
+                light: bool = False, title: str | None = None, with_lr: bool = True) -> list[int]:
+    """The training curve of a model: mini-batch accuracy for image classifiers, the loss (log) for the DLN."""
+    metrics = data.table("metrics", model)
+    train = metrics[metrics.split == "train"]
+    loss = model == "dln"
+    counts = draw_train_curves(ax, data, train, y="loss" if loss else "acc", variants=variants, lrs=lrs, log=loss,
+                               light=light, with_lr=with_lr)
+    ax.set_title(title or f"training {'loss' if loss else 'accuracy'}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(dln_loss_label(data) if loss else f"training (mini-batch) {ACC_LABEL}")
+    if loss:
+        ax.set_yscale("log")
     return counts
 
 
@@ -44,13 +72,13 @@ def fig01_accuracy(data: FigureData) -> Drawn | Skip:
         for j, split in enumerate(splits):
             ax = axes[i][j]
             d = metrics[metrics.split == split]
-            counts += draw_train_curves(ax, d, y="acc", variants=ordered(d.variant), lrs=[lr], band=data.band)
+            counts += draw_train_curves(ax, data, d, y="acc", variants=ordered(d.variant), lrs=[lr], with_lr=False)
             what = "(a) training (mini-batch)" if split == "train" else "(b) test"
             ax.set_title(f"{what} accuracy, lr {lr:g}")
             ax.set_xlabel("training step")
             ax.set_ylabel(ACC_LABEL)
             ax.set_ylim(-0.02, 1.02)
-    figure_legend(fig, ncols=metrics.variant.nunique())  # one row per lr
+    figure_legend(fig)  # one entry per variant: each row's titles name its lr
     caption = (f"Fig 1a–b. {model_phrase(data, 'vgg')}; standard vs BatchNorm. {curve_note(counts, data.band)} "
                f"Train accuracy: the mini-batch of each logged step. {TEST_MODE}"
                f"{diverged_note(data, 'vgg', ['standard', 'bn'], lrs)}")
@@ -69,20 +97,30 @@ def fig05_lp_training(data: FigureData) -> Drawn | Skip:
     if not panels:
         return Skip("no l1, l2 or linf runs in the grid")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.5), squeeze=False, layout="constrained")
-    counts, notes = [], []
+    counts, notes, lights = [], [], []
     for k, (ax, (model, y, rows, lrs)) in enumerate(zip(axes[0], panels, strict=True)):
         log = model == "dln"
-        counts += draw_train_curves(ax, rows, y=y, variants=ordered(rows.variant), lrs=lrs, band=data.band, log=log)
+        one_lr = len(lrs) == 1
+        light = many(rows.variant.nunique() * len(lrs))
+        lights.append(light)
+        counts += draw_train_curves(ax, data, rows, y=y, variants=ordered(rows.variant), lrs=lrs, log=log,
+                                    with_lr=not one_lr, light=light)
         ax.set_xlabel("training step" + (" (full-batch GD)" if model == "dln" else ""))
+        at = f", lr {lrs[0]:g}" if one_lr else ""
         if log:
             ax.set_yscale("log")
-            ax.set_ylabel(DLN_LOSS_LABEL)
-            ax.set_title(f"({'ab'[k]}) Deep linear network: training loss")
+            ax.set_ylabel(dln_loss_label(data))
+            ax.set_title(f"({'ab'[k]}) Deep linear network: training loss{at}")
         else:
             ax.set_ylabel(f"training (mini-batch) {ACC_LABEL}")
-            ax.set_title(f"({'ab'[k]}) VGG: training accuracy")
+            ax.set_title(f"({'ab'[k]}) VGG: training accuracy{at}")
         notes.append(model_phrase(data, model) + diverged_note(data, model, list(rows.variant.unique()), lrs))
-    figure_legend(fig, ncols=max(p[2].variant.nunique() for p in panels))  # one row per model
+    if all(len(p[3]) == 1 for p in panels):
+        figure_legend(fig)  # one entry per variant, the same colour in both models; titles name the lr
+    else:
+        for ax in axes[0]:  # labels name model-specific lrs: a key per panel
+            legend(ax, fontsize=6.5)
     caption = (f"Fig 5. ℓp normalisations (mean-centred, divided by the ℓp norm of the uncentred activations). "
-               f"{'; '.join(notes)}. {curve_note(counts, data.band, log=any(p[0] == 'dln' for p in panels))}")
+               f"{'; '.join(notes)}. "
+               f"{curve_note(counts, data.band, log=any(p[0] == 'dln' for p in panels), single=seeds_drawn(lights))}")
     return Drawn(fig, caption)
