@@ -1,16 +1,22 @@
 """What one run trains on: the model, how step t's batch is formed, the loss, and the test evaluation.
 
 The floor below everything that trains or measures: the train step, the checkpoint-wise probe step, the lr scan and
-the benchmarks all build their runs here, so a new model family is added in this one place. Two tasks share one
-training loop (bnflow.train.loop): VGG on a prepared image dataset (mini-batch SGD, PROTOCOL §2) and the
+the benchmarks all build their runs here. Two tasks share one training loop (bnflow.train.loop): an image classifier
+(VGG, PROTOCOL §2, or the CIFAR ResNet beyond the paper) on a prepared image dataset with mini-batch SGD, and the
 deep linear network (full-batch GD on y = A x, PROTOCOL §6). Both keep their data on the training device, so the hot
 loop has no DataLoader and no host transfer.
+
+A new image model family is one entry of IMAGE_MODELS below (its builder from its train.<model> section), besides its
+names in bnflow.vocab and its params section in bnflow.config / params.yaml; the task, the loop, the probes and the
+readers need no change. A variant (built-in or plug-in) reaches the builders through `norm_options`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnflow import seeds
-from bnflow.config import Cell, Params, TrainConfig, to_plain
+from bnflow.config import Cell, Params, TrainConfig, plugin_class, to_plain
 from bnflow.data import load_prepared
+from bnflow.data.dln import load_problem
 from bnflow.errors import ConfigError
-from bnflow.models import build_dln, build_vgg, dln_loss, make_dln_data
+from bnflow.models import build_dln, build_resnet, build_vgg, dln_loss, make_dln_data
 from bnflow.models.norms import NoiseSpec, noise_modules, set_noise_generator
+from bnflow.vocab import CLASSIFIERS, MODELS
+
+IMAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
+    # model family -> builder(train.<model> section, variant, **norm_options(...), generator=...)
+    "vgg": lambda cfg, variant, **kw: build_vgg(cfg.arch, variant, width_mult=cfg.width_mult, **kw),
+    "resnet": lambda cfg, variant, **kw: build_resnet(cfg.depth, variant, width_mult=cfg.width_mult, **kw),
+}
+"""The image classifiers (vocab.CLASSIFIERS) and how each is built from its params section."""
 
 
 @dataclass
@@ -33,21 +48,26 @@ class Batch:
     y: torch.Tensor
 
 
-class VggTask:
-    """VGG on a prepared CIFAR-style dataset; step t's batch comes from the epoch's stateless permutation."""
+class ImageTask:
+    """An image classifier (VGG or ResNet: cell.model) on a prepared CIFAR-style dataset; step t's batch comes from
+    the epoch's stateless permutation, the same for every model and variant of a seed."""
 
-    model_name = "vgg"
     correct_is_defined = True
 
     def __init__(self, train: TrainConfig, cell: Cell, seed: int, data_path: Path, device: torch.device):
-        cfg = train.vgg
+        if cell.model not in IMAGE_MODELS:
+            raise ConfigError(f"train.grid.{cell.id}.model: {cell.model!r} is not an image classifier "
+                              f"({', '.join(IMAGE_MODELS)})")
+        cfg = train.model_config(cell.model)
+        self.model_name = cell.model
         self.cfg, self.device, self.base, self.seed = cfg, device, train.seeds.base, seed
         data = load_prepared(data_path)
         self.data_info = {"path": str(data_path), "source": data.source, "source_sha256": data.source_sha256,
                           "n_train": int(len(data.train_labels)), "n_test": int(len(data.test_labels))}
         n_train = len(data.train_labels)
         if cfg.batch_size > n_train:
-            raise ConfigError(f"train.vgg.batch_size: {cfg.batch_size} exceeds the {n_train} training images of {data_path}")
+            raise ConfigError(f"train.{cell.model}.batch_size: {cfg.batch_size} exceeds the {n_train} training images "
+                              f"of {data_path}")
         self.steps_per_epoch = n_train // cfg.batch_size  # the last partial batch is dropped: fixed shapes
         self.n_train = n_train
         # uint8 NHWC on the device; a batch is permuted to NCHW, which is channels_last in memory (fast cuDNN path)
@@ -58,10 +78,7 @@ class VggTask:
         mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         std = torch.tensor(data.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), mean / std
-        init = seeds.torch_generator(self.base, seed, "init")
-        noise = noise_spec(train)
-        self.model = build_vgg(cfg.arch, cell.variant, width_mult=cfg.width_mult, eps=train.norm.eps,
-                               momentum=train.norm.momentum, noise=noise, generator=init).to(device)
+        self.model = build_model(train, cell, seed).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once (PERFORMANCE.md)
@@ -113,21 +130,31 @@ class VggTask:
         return float(total_loss) / n, int(total_correct) / n
 
 
+VggTask = ImageTask  # the name the tests and benchmarks use for a VGG cell's task
+
+
 class DlnTask:
-    """The 25-layer deep linear network: full-batch GD on y = A x, data drawn from the run's data stream."""
+    """The 25-layer deep linear network: full-batch GD on y = A x.
+
+    The data are the seed's problem in the DLN's prepared file (the `prepare --model dln` step, bnflow.data.dln),
+    which the pipeline always passes; without a file (library use, tests) the same problem is drawn from the run's
+    data stream directly: both give the same tensors.
+    """
 
     model_name = "dln"
     correct_is_defined = False
 
-    def __init__(self, train: TrainConfig, cell: Cell, seed: int, device: torch.device):
+    def __init__(self, train: TrainConfig, cell: Cell, seed: int, device: torch.device, data_path: Path | None = None):
         cfg = train.dln
         self.cfg, self.device, self.base, self.seed = cfg, device, train.seeds.base, seed
-        x, y, a = make_dln_data(cfg.n_samples, cfg.dim, generator=seeds.torch_generator(self.base, seed, "data"))
+        if data_path is not None:
+            p = load_problem(data_path, self.base, seed, cfg.n_samples, cfg.dim)
+            x, y, a = p.x, p.y, p.a
+        else:
+            x, y, a = make_dln_data(cfg.n_samples, cfg.dim, generator=seeds.torch_generator(self.base, seed, "data"))
         self.x, self.y = x.to(device), y.to(device)
         self.data_info = {"n_samples": cfg.n_samples, "dim": cfg.dim, "A_fro_norm": float(a.norm())}
-        init = seeds.torch_generator(self.base, seed, "init")
-        self.model = build_dln(cfg.depth, cfg.dim, cell.variant, eps=train.norm.eps, momentum=train.norm.momentum,
-                               noise=noise_spec(train), generator=init).to(device)
+        self.model = build_model(train, cell, seed).to(device)
         self.generators = _noise_generators(self.model, self.base, seed, device)
 
     def batch(self, step: int) -> Batch:
@@ -150,6 +177,39 @@ def noise_spec(train: TrainConfig) -> NoiseSpec:
     return NoiseSpec(n_mu=n.n_mu, n_sigma=n.n_sigma, r_mu=n.r_mu, r_sigma=n.r_sigma)
 
 
+def norm_options(train: TrainConfig, variant: str) -> dict[str, Any]:
+    """The builders' norm keyword arguments for `variant`: eps, momentum, noise, groups, and the plug-in's class
+    (imported from train.plugins.<variant>.module; None for a built-in variant)."""
+    plugin = None
+    if variant in train.plugins:
+        plugin = plugin_class(train.plugins[variant].module, f"train.plugins.{variant}.module")
+    return {"eps": train.norm.eps, "momentum": train.norm.momentum, "noise": noise_spec(train),
+            "groups": train.norm.groups, "plugin": plugin}
+
+
+def build_model(train: TrainConfig, cell: Cell, seed: int) -> nn.Module:
+    """The initial model of seed `seed` of `cell`, on the CPU: weights drawn from the run's init stream.
+
+    A plug-in is built while the global torch RNG is seeded from a sub-stream of init (and restored afterwards), so a
+    plug-in that draws its own initial values is reproducible and leaves the rest of the program's randomness alone.
+    """
+    init = seeds.torch_generator(train.seeds.base, seed, "init")
+    options = norm_options(train, cell.variant)
+    if cell.model in IMAGE_MODELS:
+        def build() -> nn.Module:
+            return IMAGE_MODELS[cell.model](train.model_config(cell.model), cell.variant, **options, generator=init)
+    else:
+        cfg = train.dln
+
+        def build() -> nn.Module:
+            return build_dln(cfg.depth, cfg.dim, cell.variant, **options, generator=init)
+    if options["plugin"] is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds.stream_seed(train.seeds.base, seed, "init", 1))
+        return build()
+
+
 def _noise_generators(model: nn.Module, base: int, seed: int, device: torch.device) -> list[torch.Generator]:
     """Give the noise layers (noisy variants) one generator from the run's noise stream; [] for the others."""
     if not noise_modules(model):
@@ -160,12 +220,13 @@ def _noise_generators(model: nn.Module, base: int, seed: int, device: torch.devi
 
 
 def make_task(train: TrainConfig, cell: Cell, seed: int, data_path: Path | None, device: torch.device):
-    """The task for `cell` (VggTask needs the prepared dataset; DlnTask generates its own data)."""
-    if cell.model == "vgg":
+    """The task for `cell`: an ImageTask for an image classifier (it needs the prepared dataset), else a DlnTask
+    (its prepared regression problems when `data_path` is given, else drawn directly)."""
+    if cell.model in CLASSIFIERS:
         if data_path is None:
-            raise ConfigError(f"train.grid.{cell.id}: a VGG run needs --data (the prepared dataset)")
-        return VggTask(train, cell, seed, data_path, device)
-    return DlnTask(train, cell, seed, device)
+            raise ConfigError(f"train.grid.{cell.id}: a {cell.model} run needs --data (the prepared dataset)")
+        return ImageTask(train, cell, seed, data_path, device)
+    return DlnTask(train, cell, seed, device, data_path)
 
 
 def config_hash(obj: Any) -> str:
@@ -174,10 +235,21 @@ def config_hash(obj: Any) -> str:
 
 
 def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
-    """The fingerprint of one run: every param that decides its numbers, and the dataset's hash (VGG)."""
+    """The fingerprint of one run: every param that decides its numbers, and the dataset's hash (image models).
+
+    Params that cannot change the run's numbers stay out, so adding an option leaves existing fingerprints (and resume
+    states) valid: train.norm.groups enters only for group_norm, train.plugins only the run's own plug-in (its
+    module path and the sha256 of its source file: editing the plug-in is a new run), and only the run's model's
+    sections of train and train.probes.
+    """
+    cell = params.cell(cell_id)
     train = to_plain(params.train)
-    model_cfg = train[params.cell(cell_id).model]
-    probes = {k: v for k, v in train["probes"].items() if k not in ("vgg", "dln")} | {
-        "model": train["probes"][params.cell(cell_id).model]}
-    return config_hash({"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": model_cfg,
-                        "norm": train["norm"], "noise": train["noise"], "probes": probes, "data": data_sha})
+    probes = {k: v for k, v in train["probes"].items() if k not in MODELS} | {"model": train["probes"][cell.model]}
+    norm = {k: v for k, v in train["norm"].items() if k != "groups" or cell.variant == "group_norm"}
+    facts = {"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": train[cell.model],
+             "norm": norm, "noise": train["noise"], "probes": probes, "data": data_sha}
+    if cell.variant in train["plugins"]:
+        spec = train["plugins"][cell.variant]["module"]
+        source = Path(inspect.getsourcefile(plugin_class(spec, f"train.plugins.{cell.variant}.module")))
+        facts["plugin"] = {"module": spec, "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    return config_hash(facts)

@@ -1,4 +1,5 @@
-"""Tests for bnflow.models.norms: lp normalisations, BatchNorm factory, noisy-BN noise (PROTOCOL §2, §3, §7)."""
+"""Tests for bnflow.models.norms: lp normalisations, BatchNorm factory, noisy-BN noise (PROTOCOL §2, §3, §7), and
+the variants beyond the paper (group_norm, layer_norm, weight_norm, batch_norm_no_affine, plug-ins; issue 17)."""
 
 import math
 
@@ -13,9 +14,12 @@ from bnflow.models.norms import (
     ActivationNoise,
     LpNorm,
     NoiseSpec,
+    group_count,
     make_norm,
     noise_modules,
+    normalises_activations,
     set_noise_generator,
+    weight_normalise_,
 )
 
 torch.set_num_threads(1)
@@ -156,6 +160,10 @@ def test_make_norm_builds_each_variant():
         "l1": LpNorm,
         "l2": LpNorm,
         "linf": LpNorm,
+        "group_norm": nn.GroupNorm,
+        "layer_norm": nn.GroupNorm,
+        "weight_norm": nn.Identity,  # its reparametrisation lives in the layer (weight_normalise_)
+        "batch_norm_no_affine": nn.BatchNorm2d,
     }
     assert set(expected) == set(NORMS)
     for kind, cls in expected.items():
@@ -299,3 +307,138 @@ def test_noise_draws_on_the_generator_device():
     assert out.device.type == "cuda" and torch.equal(module(a), out)
     with pytest.raises(RuntimeError, match="generator is on"):
         module(a.cpu())
+
+
+# ---------------------------------------------------------------- beyond the paper (issue 17)
+
+
+@pytest.mark.parametrize("channels, groups, spatial, expected", [
+    (64, 32, True, 32),   # groups divides C: G = groups
+    (16, 32, True, 16),   # fewer channels than groups: one channel per group
+    (48, 32, True, 24),   # 32 does not divide 48: the largest divisor below it
+    (7, 3, True, 1),      # a prime C: only 1 (or C itself, which is above the request)
+    (10, 32, False, 5),   # (N, C): at most C // 2 groups, so each group holds two values per example
+    (10, 4, False, 2),
+    (1, 32, False, 1),
+])
+def test_group_count_rule(channels, groups, spatial, expected):
+    g = group_count(channels, groups, spatial=spatial)
+    assert g == expected and channels % g == 0
+
+
+def numpy_group_norm(a, groups, eps, gamma, beta):
+    """Independent reference: per example, over each group of C/G consecutive channels and every position."""
+    a = np.asarray(a, dtype=np.float64)
+    n, c = a.shape[:2]
+    grouped = a.reshape(n, groups, -1)
+    mean = grouped.mean(axis=2, keepdims=True)
+    var = grouped.var(axis=2, keepdims=True)  # biased, as the definition says
+    out = ((grouped - mean) / np.sqrt(var + eps)).reshape(a.shape)
+    shape = (1, c) + (1,) * (a.ndim - 2)
+    return out * np.reshape(gamma, shape) + np.reshape(beta, shape)
+
+
+def test_group_norm_hand_values():
+    # One example, 4 channels, 2 positions, 2 groups. Group 1 holds channels 0-1 = [0, 2, 4, 6]: mean 3, biased
+    # variance (9 + 1 + 1 + 9) / 4 = 5. Group 2 holds [1, 1, 1, 5]: mean 2, variance (1 + 1 + 1 + 9) / 4 = 3.
+    a = torch.tensor([[[[0.0, 2.0]], [[4.0, 6.0]], [[1.0, 1.0]], [[1.0, 5.0]]]])
+    layer = make_norm("group_norm", 4, spatial=True, eps=0.0, groups=2)
+    assert layer.num_groups == 2
+    expected = torch.tensor([[[[-3.0, -1.0]], [[1.0, 3.0]]]]) / math.sqrt(5.0)
+    expected = torch.cat([expected, torch.tensor([[[[-1.0, -1.0]], [[-1.0, 3.0]]]]) / math.sqrt(3.0)], dim=1)
+    torch.testing.assert_close(layer(a), expected)
+    layer.eval()  # no batch statistics: eval mode computes the same function
+    torch.testing.assert_close(layer(a), expected)
+
+
+@pytest.mark.parametrize("kind, shape, groups", [("group_norm", (3, 6, 4, 5), 3), ("group_norm", (5, 8), 32),
+                                                 ("layer_norm", (3, 6, 4, 5), 32), ("layer_norm", (5, 8), 32)])
+def test_group_and_layer_norm_match_numpy_with_affine(kind, shape, groups):
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(shape, generator=g, dtype=torch.float64) * 3.0 + 1.5
+    layer = make_norm(kind, shape[1], spatial=len(shape) == 4, eps=1e-3, groups=groups).double()
+    gamma = torch.linspace(-1.0, 2.0, shape[1], dtype=torch.float64)
+    beta = torch.linspace(0.5, -0.5, shape[1], dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(gamma)
+        layer.bias.copy_(beta)
+    n_groups = 1 if kind == "layer_norm" else group_count(shape[1], groups, spatial=len(shape) == 4)
+    ref = numpy_group_norm(a.numpy(), n_groups, 1e-3, gamma.numpy(), beta.numpy())
+    np.testing.assert_allclose(layer(a).detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    # the same examples in another batch give the same outputs: per-example statistics only
+    np.testing.assert_allclose(layer(a[:1]).detach().numpy(), ref[:1], rtol=1e-10, atol=1e-12)
+
+
+def test_layer_norm_is_torch_layer_norm_over_channels_and_positions_with_a_per_channel_affine():
+    # torch's F.layer_norm over (C, H, W) with no affine, then gamma_c, beta_c: where the two definitions coincide.
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(4, 3, 5, 5, generator=g)
+    layer = make_norm("layer_norm", 3, spatial=True, eps=1e-5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([2.0, -1.0, 0.5]))
+        layer.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    ref = F.layer_norm(a, (3, 5, 5), eps=1e-5) * layer.weight.view(1, 3, 1, 1) + layer.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(layer(a), ref)
+    assert [p.shape for p in layer.parameters()] == [(3,), (3,)]  # one gamma, beta per channel, not per (c, h, w)
+
+
+def test_weight_norm_reparametrises_per_output_channel():
+    g = torch.Generator().manual_seed(7)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    nn.init.xavier_uniform_(conv.weight, generator=g)
+    w_init = conv.weight.detach().clone()
+    weight_normalise_([conv])
+    torch.testing.assert_close(conv.weight, w_init, rtol=1e-6, atol=1e-7)  # step 0 = the Glorot draw
+    gain, direction = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+    assert gain.shape == (3, 1, 1, 1) and direction.shape == (3, 2, 3, 3)
+    assert {id(p) for p in conv.parameters()} == {id(conv.bias), id(gain), id(direction)}
+    with torch.no_grad():  # hand values: w_o = g_o * v_o / ||v_o||
+        direction.copy_(torch.arange(54, dtype=torch.float32).view(3, 2, 3, 3) - 20.0)
+        gain.copy_(torch.tensor([2.0, -0.5, 3.0]).view(3, 1, 1, 1))
+    v = direction.detach().numpy().reshape(3, -1)
+    expected = np.array([2.0, -0.5, 3.0])[:, None] * v / np.linalg.norm(v, axis=1, keepdims=True)
+    np.testing.assert_allclose(conv.weight.detach().numpy().reshape(3, -1), expected, rtol=1e-6)
+    conv(torch.randn(2, 2, 4, 4, generator=g)).square().sum().backward()
+    assert gain.grad.abs().sum() > 0 and direction.grad.abs().sum() > 0
+    # the gradient w.r.t. v is orthogonal to v per output channel (scaling v does not change w)
+    dots = (direction.grad * direction.detach()).sum(dim=(1, 2, 3))
+    assert dots.abs().max() < 1e-4 * direction.grad.abs().sum()
+    assert isinstance(make_norm("weight_norm", 3, spatial=True), nn.Identity)
+
+
+def test_batch_norm_no_affine_hand_formula_train_and_eval():
+    a = torch.tensor([[1.0, -2.0], [3.0, 0.0], [5.0, 2.0]])  # channel 0: mean 3, var 8/3; channel 1: mean 0, var 8/3
+    layer = make_norm("batch_norm_no_affine", 2, spatial=False, eps=1e-5, momentum=0.5)
+    assert list(layer.parameters()) == [] and layer.weight is None and layer.bias is None
+    centred = a - torch.tensor([3.0, 0.0])
+    torch.testing.assert_close(layer(a), centred / math.sqrt(8.0 / 3.0 + 1e-5))
+    # running estimates (unbiased variance, as BatchNorm): 0.5 * 0 + 0.5 * 3 and 0.5 * 1 + 0.5 * 4
+    torch.testing.assert_close(layer.running_mean, torch.tensor([1.5, 0.0]))
+    torch.testing.assert_close(layer.running_var, torch.tensor([2.5, 2.5]))
+    layer.eval()
+    torch.testing.assert_close(layer(a), (a - torch.tensor([1.5, 0.0])) / math.sqrt(2.5 + 1e-5))
+
+
+class Halve(nn.Module):
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, a):
+        return a / 2
+
+
+def test_make_norm_builds_a_plugin_with_the_channel_count():
+    layer = make_norm("halve", 6, spatial=True, plugin=Halve)
+    assert isinstance(layer, Halve) and layer.num_features == 6
+    with pytest.raises(ValueError, match="name of a built-in variant"):
+        make_norm("bn", 6, spatial=True, plugin=Halve)
+    with pytest.raises(ValueError, match="not a torch.nn.Module"):
+        make_norm("halve", 6, spatial=True, plugin=lambda c: (lambda a: a))
+    with pytest.raises(ValueError, match="unknown norm 'halve'"):
+        make_norm("halve", 6, spatial=True)
+
+
+def test_which_variants_normalise_activations():
+    assert [k for k in NORMS if not normalises_activations(k)] == ["standard", "noisy_standard", "weight_norm"]
+    assert normalises_activations("some_plugin")

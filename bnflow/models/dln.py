@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bnflow.models.blocks import BlockNet
-from bnflow.models.norms import NORMS, NoiseSpec, make_norm
+from bnflow.models.norms import REPARAMETRISED, NoiseSpec, NormFactory, check_variant, make_norm, weight_normalise_
 from bnflow.models.vgg import glorot_init_, require_cpu_generator
 
 
@@ -43,6 +43,8 @@ def build_dln(
     eps: float = 1e-5,
     momentum: float = 0.1,
     noise: NoiseSpec = NoiseSpec(),
+    groups: int = 32,
+    plugin: NormFactory | None = None,
     generator: torch.Generator | None = None,
 ) -> DLN:
     """Build the DLN of PROTOCOL §6: `depth` Linear(dim, dim, bias=False), a norm after each but the last.
@@ -50,15 +52,16 @@ def build_dln(
     Args:
         depth: number of linear layers (>= 1; the paper uses 25).
         dim: width of every layer (the paper uses 10).
-        norm: variant, one of NORMS; BatchNorm1d / LpNorm act on (N, dim).
-        eps, momentum: BatchNorm / LpNorm constants.
+        norm: variant, one of NORMS, or a plug-in's name (with `plugin`); norms act on (N, dim).
+        eps, momentum: BatchNorm / LpNorm / GroupNorm constants.
         noise: noise distribution for the noisy variants (set their generator with set_noise_generator).
+        groups: group_norm's requested number of groups (bnflow.models.norms.group_count, (N, C) rule).
+        plugin: the plug-in variant's class, built per normalised layer as plugin(dim).
         generator: CPU torch.Generator for the Glorot init, drawn layer by layer in forward order; required.
     Returns:
         The model on the CPU, float32, in training mode.
     """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid names: {', '.join(NORMS)}")
+    check_variant(norm, plugin, "build_dln")
     if not (isinstance(depth, int) and depth >= 1):
         raise ValueError(f"depth must be a positive int, got {depth!r}")
     if not (isinstance(dim, int) and dim >= 1):
@@ -68,12 +71,15 @@ def build_dln(
     for k in range(1, depth + 1):
         linear = nn.Linear(dim, dim, bias=False)
         if k < depth:
-            layer_norm = make_norm(norm, dim, spatial=False, eps=eps, momentum=momentum, noise=noise)
+            norm_layer = make_norm(norm, dim, spatial=False, eps=eps, momentum=momentum, noise=noise, groups=groups,
+                                   plugin=plugin)
         else:
-            layer_norm = nn.Identity()
-        blocks.append(nn.Sequential(linear, layer_norm))
+            norm_layer = nn.Identity()
+        blocks.append(nn.Sequential(linear, norm_layer))
     model = DLN(blocks, norm)
     glorot_init_(model.linears, generator)
+    if norm in REPARAMETRISED:
+        weight_normalise_(model.linears[:-1])  # the layers the other variants normalise (not the output layer)
     return model
 
 

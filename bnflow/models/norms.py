@@ -1,17 +1,38 @@
-"""Normalisation layers: BatchNorm, noisy BN (paper Algorithm 1), and the lp normalisations (paper Section 3.3).
+"""Normalisation layers: BatchNorm, noisy BN (paper Algorithm 1), the lp normalisations (paper Section 3.3), and
+four variants beyond the paper (issue 17); plus user plug-ins.
 
 One factory, `make_norm`, builds every variant from its name so that the networks take the variant as a parameter
-(PROTOCOL §2, §3, §7). Layers work on (N, C) and (N, C, H, W) activations; statistics are per channel over every
-other axis (batch, and H x W for convolutions), as BatchNorm does.
+(PROTOCOL §2, §3, §7). Layers work on (N, C) and (N, C, H, W) activations a, a[n, c, h, w] (H = W = 1 for (N, C)).
+The paper's variants normalise per channel c over every other axis (batch, and H x W for convolutions), as BatchNorm
+does. The four beyond the paper, in the same terms (ε = train.norm.eps, γ_c / β_c learnable, starting at 1 / 0):
+
+  group_norm            per example n and group g of C/G consecutive channels (G from `group_count`):
+                        μ_ng, σ²_ng = mean and biased variance of a[n, c, h, w] over c in g and all h, w;
+                        out = γ_c (a − μ_ng) / sqrt(σ²_ng + ε) + β_c. No batch statistics: the same in train and eval
+                        mode, and no running estimates (Wu & He 2018).
+  layer_norm            group_norm with G = 1: per example over all channels and positions, per-channel affine γ_c,
+                        β_c (torch's nn.LayerNorm([C, H, W]) would learn one γ per (c, h, w): not this).
+  weight_norm           no activation normalisation (the norm slot is the identity); instead the weight of the layer
+                        before it is reparametrised per output channel o as w_o = g_o · v_o / ‖v_o‖₂ (norm over input
+                        channels x kernel positions; Salimans & Kingma 2016), g and v trainable, starting at the
+                        Glorot draw: v = w_init, g_o = ‖w_init,o‖ (no data-dependent init, so step 0 computes the
+                        standard network). `weight_normalise_` does it, on the layers the other variants normalise.
+  batch_norm_no_affine  BatchNorm without γ, β: out = (a − μ_c) / sqrt(σ²_c + ε), batch statistics in training,
+                        running estimates in eval mode; Theorem 4.1's control with γ = 1 (PROTOCOL §8).
+
+A plug-in variant (train.plugins.<name>.module = "pkg.mod:Class") is built as `Class(num_features)` (see
+`make_norm`) wherever a built-in norm would go.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from bnflow.vocab import VARIANTS
 
@@ -19,6 +40,63 @@ NORMS = VARIANTS  # the variant names params.yaml accepts (bnflow.config)
 """Variant names, as spelled in params.yaml, run ids and figures (STYLE §6)."""
 
 _LP_BY_NAME = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
+REPARAMETRISED = ("weight_norm",)
+"""Variants that reparametrise the layer's weight instead of (not as well as) normalising its output."""
+WITHOUT_ACTIVATION_NORM = ("standard", "noisy_standard", "weight_norm")
+"""Variants whose norm slot does not normalise activations (a residual network starts their branches at zero).
+Plug-in variants are taken to normalise."""
+
+NormFactory = Callable[[int], nn.Module]
+"""A plug-in variant: called with the channel count C, returns the module put in the norm slot."""
+
+
+def group_count(channels: int, groups: int, *, spatial: bool) -> int:
+    """The number of groups G of `group_norm` for `channels` = C channels (train.norm.groups = `groups`).
+
+    Rule: G is the largest divisor of C that is <= `groups`, so G = groups whenever groups divides C and otherwise
+    the nearest coarser grouping that keeps groups equal-sized (C = 48, groups = 32 -> 24; C = 16 -> 16, one channel
+    per group). For (N, C) activations (no positions, `spatial` False) G is also at most C // 2, so that each group
+    holds at least 2 values per example: a group of one value normalises to 0 and passes no signal. C = 1 gives 1.
+
+    Args:
+        channels: C >= 1.
+        groups: the requested number of groups, >= 1.
+        spatial: True for (N, C, H, W) activations.
+    """
+    if not (isinstance(channels, int) and channels >= 1):
+        raise ValueError(f"group_count: channels must be a positive int, got {channels!r}")
+    if not (isinstance(groups, int) and groups >= 1):
+        raise ValueError(f"group_count: groups must be a positive int, got {groups!r}")
+    cap = groups if spatial else min(groups, max(1, channels // 2))
+    return max(d for d in range(1, min(cap, channels) + 1) if channels % d == 0)
+
+
+def check_variant(kind: str, plugin: NormFactory | None, what: str) -> None:
+    """Raise ValueError (starting with `what`) unless `kind` is a built-in variant, or a plug-in given `plugin`."""
+    if plugin is None and kind not in NORMS:
+        raise ValueError(f"{what}: unknown norm {kind!r}; valid names: {', '.join(NORMS)} (or a plug-in variant, "
+                         "passed with plugin=)")
+    if plugin is not None and kind in NORMS:
+        raise ValueError(f"{what}: plug-in variant {kind!r} has the name of a built-in variant; rename it")
+
+
+def normalises_activations(kind: str) -> bool:
+    """Whether variant `kind` normalises the activations in its norm slot (False: standard, noisy_standard,
+    weight_norm; True for every other built-in and every plug-in)."""
+    return kind not in WITHOUT_ACTIVATION_NORM
+
+
+def weight_normalise_(layers: Iterable[nn.Module]) -> None:
+    """Reparametrise each layer's weight as w_o = g_o · v_o / ‖v_o‖₂ per output channel o (variant weight_norm).
+
+    Uses torch's parametrisation, so the reparametrisation lives inside the layer itself: `layer.weight` is computed
+    from `layer.parametrizations.weight.original0` (g, shape (C_out, 1, ...)) and `.original1` (v, the weight's
+    shape), and `layer.parameters()` yields bias, g, v. A network's `layer_params(k)` therefore names g, v and the
+    bias of layer #k, and ICS (PROTOCOL §4) moves exactly those. Call it after the Glorot init: v takes the drawn
+    weight and g its per-channel norm, so w is unchanged.
+    """
+    for layer in layers:
+        parametrizations.weight_norm(layer, name="weight", dim=0)
 
 
 @dataclass(frozen=True)
@@ -196,30 +274,53 @@ def make_norm(
     momentum: float = 0.1,
     noise: NoiseSpec = NoiseSpec(),
     generator: torch.Generator | None = None,
+    groups: int = 32,
+    plugin: NormFactory | None = None,
 ) -> nn.Module:
-    """Build the normalisation layer of variant `kind` (one of NORMS) for `num_features` channels.
+    """Build the normalisation layer of variant `kind` (one of NORMS, or a plug-in) for `num_features` channels.
 
     standard -> nn.Identity; bn -> BatchNorm; noisy_bn -> Sequential(BatchNorm, ActivationNoise), so the noise acts
     after gamma, beta and before the ReLU (PROTOCOL §3); noisy_standard -> ActivationNoise alone (the paper's
-    control); l1 / l2 / linf -> LpNorm. Affine parameters start at gamma = 1, beta = 0.
+    control); l1 / l2 / linf -> LpNorm; group_norm -> nn.GroupNorm(group_count(C, groups), C); layer_norm ->
+    nn.GroupNorm(1, C); weight_norm -> nn.Identity (its reparametrisation is `weight_normalise_` on the layer);
+    batch_norm_no_affine -> BatchNorm(affine=False). Affine parameters start at gamma = 1, beta = 0.
+
+    A plug-in (`plugin` given, `kind` its name, which must not be a built-in one) is built as plugin(num_features):
+    one positional int, the channel count C. The module it returns gets the layer's pre-activation, (N, C, H, W) in
+    the conv nets and (N, C) in the deep linear net, in training mode during training and probes (whatever batch
+    statistics it computes are the batch's, as BN's) and in eval mode for test evaluation; it must return the same
+    shape. Its parameters train with the network; its buffers are checkpointed and restored by the probes.
 
     Args:
-        kind: variant name, one of NORMS.
+        kind: variant name, one of NORMS, or the plug-in's name.
         num_features: channels C.
         spatial: True for (N, C, H, W) activations (BatchNorm2d), False for (N, C) (BatchNorm1d).
-        eps, momentum: BatchNorm / LpNorm constants (PROTOCOL §2 defaults 1e-5, 0.1).
+        eps, momentum: BatchNorm / LpNorm / GroupNorm constants (PROTOCOL §2 defaults 1e-5, 0.1; GroupNorm has
+            no running estimates, so no momentum).
         noise: noise distribution for the noisy variants.
         generator: noise generator for the noisy variants (may be set later with set_noise_generator).
+        groups: group_norm's requested group count (train.norm.groups), see `group_count`.
+        plugin: the plug-in's class (or any callable C -> nn.Module); only for a plug-in `kind`.
     """
-    if kind not in NORMS:
-        raise ValueError(f"unknown norm {kind!r}; valid names: {', '.join(NORMS)}")
-    if kind == "standard":
+    check_variant(kind, plugin, "make_norm")
+    if plugin is not None:
+        layer = plugin(num_features)
+        if not isinstance(layer, nn.Module):
+            raise ValueError(f"plug-in variant {kind!r}: {plugin!r}({num_features}) returned a "
+                             f"{type(layer).__name__}, not a torch.nn.Module")
+        return layer
+    if kind in ("standard", "weight_norm"):
         return nn.Identity()
     if kind == "noisy_standard":
         return ActivationNoise(noise, generator)
     if kind in _LP_BY_NAME:
         return LpNorm(_LP_BY_NAME[kind], num_features, eps=eps, momentum=momentum)
+    if kind in ("group_norm", "layer_norm"):
+        n_groups = group_count(num_features, groups, spatial=spatial) if kind == "group_norm" else 1
+        return nn.GroupNorm(n_groups, num_features, eps=eps, affine=True)  # gamma = 1, beta = 0 by construction
     bn_class = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+    if kind == "batch_norm_no_affine":
+        return bn_class(num_features, eps=eps, momentum=momentum, affine=False, track_running_stats=True)
     bn = bn_class(num_features, eps=eps, momentum=momentum, affine=True, track_running_stats=True)
     with torch.no_grad():
         bn.weight.fill_(1.0)

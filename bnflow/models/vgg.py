@@ -11,7 +11,7 @@ from torch import nn
 
 from bnflow.vocab import VGG_LAYERS
 from bnflow.models.blocks import BlockNet
-from bnflow.models.norms import NORMS, NoiseSpec, make_norm
+from bnflow.models.norms import REPARAMETRISED, NoiseSpec, NormFactory, check_variant, make_norm, weight_normalise_
 
 # Channel counts per conv layer, "M" = 2x2 max-pool (VGG configurations D and A); the table lives in the vocabulary
 # (bnflow.vocab) that params validation also reads, so validation and model building cannot disagree.
@@ -85,27 +85,31 @@ def build_vgg(
     eps: float = 1e-5,
     momentum: float = 0.1,
     noise: NoiseSpec = NoiseSpec(),
+    groups: int = 32,
+    plugin: NormFactory | None = None,
     generator: torch.Generator | None = None,
 ) -> VGG:
     """Build the VGG of PROTOCOL §2: per conv, Conv2d(3x3, pad 1, bias) -> norm -> ReLU (-> MaxPool2d(2) at "M").
 
     Args:
         arch: a key of VGG_CONFIGS ("vgg16" has 13 conv layers, "vgg11" 8).
-        norm: variant, one of NORMS.
+        norm: variant, one of NORMS, or a plug-in's name (with `plugin`).
         width_mult: > 0; every channel count becomes max(1, round(c * width_mult)) (narrow nets for CPU runs).
         num_classes: classifier outputs.
-        eps, momentum: BatchNorm / LpNorm constants.
+        eps, momentum: BatchNorm / LpNorm / GroupNorm constants.
         noise: noise distribution for "noisy_bn" / "noisy_standard". The noise modules are built without a
             generator (a separate stream from init): set one with set_noise_generator before training.
-        generator: CPU torch.Generator for the Glorot init; required (no global RNG is used).
+        groups: group_norm's requested number of groups (bnflow.models.norms.group_count).
+        plugin: the plug-in variant's class, built per conv as plugin(C) (bnflow.models.norms.make_norm).
+        generator: CPU torch.Generator for the Glorot init; required (no global RNG is used). Every variant draws
+            the same weights from the same generator (weight_norm reparametrises them afterwards).
     Returns:
         The model on the CPU, float32, in training mode. With 32x32 inputs the five pools leave 1x1 maps, so the
         classifier takes C_last features.
     """
     if arch not in VGG_CONFIGS:
         raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(VGG_CONFIGS)}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid names: {', '.join(NORMS)}")
+    check_variant(norm, plugin, "build_vgg")
     if not (width_mult > 0):
         raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
     generator = require_cpu_generator(generator, "build_vgg")
@@ -117,11 +121,14 @@ def build_vgg(
             blocks[-1].append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
         conv = nn.Conv2d(in_channels, entry, kernel_size=3, padding=1, bias=True)
-        layer_norm = make_norm(norm, entry, spatial=True, eps=eps, momentum=momentum, noise=noise)
+        norm_layer = make_norm(norm, entry, spatial=True, eps=eps, momentum=momentum, noise=noise, groups=groups,
+                               plugin=plugin)
         # Not in-place: a hook on the norm output must still see the pre-ReLU values.
-        blocks.append(nn.Sequential(conv, layer_norm, nn.ReLU(inplace=False)))
+        blocks.append(nn.Sequential(conv, norm_layer, nn.ReLU(inplace=False)))
         in_channels = entry
     classifier = nn.Linear(in_channels, num_classes)
     model = VGG(blocks, classifier, norm)
     glorot_init_([*model.convs, model.classifier], generator)
+    if norm in REPARAMETRISED:
+        weight_normalise_(model.convs)  # the layers the other variants normalise; the classifier stays plain
     return model
