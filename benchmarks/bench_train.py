@@ -1,12 +1,17 @@
 """Training speed: a typical PyTorch loop against bnflow's loop, one run and N runs sharing one device (issue 3).
 
-Three kinds of rows, all measured by this one command on the same device, same model, same batch size:
+Four kinds of rows, all measured by this one command on the same device, same model, same batch size:
   typical           PIL images + ToTensor/Normalize + a DataLoader, the model from `build_vgg(norm="bn")`, plain SGD
                     and one `.item()` per step: what a typical PyTorch script does.
   bnflow_single     `VggTask` + `train_loop` exactly as the train step builds them, in this process; on a GPU both
                     eager and with `cuda_graphs` (each step replayed as one captured CUDA graph).
   bnflow_aggregate  N such runs at once as N spawned processes on the device (as `train_cell` with parallel_runs=N);
                     steps/s is the total over the N runs.
+  packed            S seeds trained as one model with grouped layers (train.execution.mode: packed, issue 16), in
+                    this process; steps/s is the total over the S seeds. One row per lever (benchmarks/bench_packed.py):
+                    eager, dense probes, CUDA graphs, NCHW instead of channels_last, torch.compile modes, bf16.
+                    Under the table: rows the device cannot run (with the reason), and the default grid's VGG
+                    training time extrapolated from the packed rows ("default grid, extrapolated minutes").
 Timing (PERFORMANCE.md): warm-up steps first, the device is synchronised before every clock read, each row reports
 the median of several timed windows. The timed windows hold no checkpoints, resume states, probes or test
 evaluations. Usage: `python benchmarks/bench_train.py --help`; `--smoke` runs in seconds on a CPU.
@@ -51,12 +56,15 @@ from bnflow.probes.runner import Prober, ProbePlan
 from bnflow.train.loop import LoopConfig, train_loop
 from bnflow.tasks import VggTask
 
+import bench_packed  # noqa: E402  (benchmarks/ is on sys.path: this script's folder, or the tests put it there)
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"device": "cpu", "arch": "vgg11", "width_mult": 0.125, "batch_size": 16, "steps": 20, "warmup": 3,
          "windows": 3, "parallel": "1,2", "n_train": 256, "num_workers": 0, "threads": 1, "cuda_graphs": "off",
-         "probe_every": 10}
+         "probe_every": 10, "pack_seeds": 2}
 DEFAULTS = {"device": "auto", "arch": "vgg16", "width_mult": 1.0, "batch_size": 128, "steps": 200, "warmup": 30,
-            "windows": 5, "parallel": "1,4", "lr": 0.1, "probe_every": 100}
+            "windows": 5, "parallel": "1,4", "lr": 0.1, "probe_every": 100, "compile_modes": "default,reduce-overhead",
+            "packed_precisions": "fp32,bf16"}
 CHILD_TIMEOUT_S = 900.0  # longest wait for one child's start-up + warm-up, or for one timed window
 LABELS = {"typical": "typical: PIL + ToTensor/Normalize + DataLoader ({w} workers), .item() per step",
           "bnflow_single": "bnflow {mode}: VggTask + train_loop, one run",
@@ -457,6 +465,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sync-every", type=int, help="train.execution.sync_every of the bnflow rows [params.yaml]")
     ap.add_argument("--probe-every", type=int,
                     help="dense-probe interval of the probes row, 0 = no probes row [100, params' train.probes.vgg]")
+    ap.add_argument("--pack-seeds", type=int, help="seeds per packed model, 0 = no packed rows [params' seeds.n]")
+    ap.add_argument("--compile-modes", help="comma-separated torch.compile modes of the packed rows, '' = none "
+                    "[default,reduce-overhead; GPU only]")
+    ap.add_argument("--packed-precisions", help="precisions of the packed eager/graphs rows [fp32,bf16; bf16 GPU only]")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file the bnflow rows start from")
     ap.add_argument("--record", type=Path, help="append a dated section with the table to this Markdown file")
     ap.add_argument("--json", type=Path, help="write the numbers and their provenance to this JSON file")
@@ -476,8 +488,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.parallel = tuple(int(v) for v in s.parallel.split(","))
     except ValueError:
         raise ConfigError(f"--parallel: {s.parallel!r} is not a comma-separated list of integers, e.g. 1,4") from None
+    s.compile_modes = tuple(m for m in s.compile_modes.split(",") if m)
+    s.packed_precisions = tuple(p for p in s.packed_precisions.split(",") if p)
+    bad = [p for p in s.packed_precisions if p not in ("fp32", "bf16")]
+    if bad:
+        raise ConfigError(f"--packed-precisions: {bad[0]!r} is not fp32 or bf16")
     for key, low in (("steps", 1), ("windows", 1), ("batch_size", 1), ("n_train", 10), ("warmup", 1),
-                     ("num_workers", 0), ("parallel", 1), ("threads", 1), ("sync_every", 1)):
+                     ("num_workers", 0), ("parallel", 1), ("threads", 1), ("sync_every", 1), ("pack_seeds", 0)):
         value = getattr(s, key)
         if value is not None and (min(value) < low if isinstance(value, tuple) else value < low):
             raise ConfigError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
@@ -499,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
         meta, rows = measure(s, sys.argv[1:] if argv is None else argv)
     finally:
         torch.set_num_threads(threads_before)
-    table = format_table(rows)
+    table = format_table(rows) + "".join(f"\n- skipped: {r['label']}: {r['skipped']}" for r in meta["skipped"])
+    if "grid_estimate" in meta:
+        measured = f"{s.arch} ×{s.width_mult}, batch {s.batch_size}, {meta['device_name']}"
+        table += "\n" + bench_packed.format_estimate(meta["grid_estimate"], measured)
     print(f"{meta['device_name']} | torch {meta['torch']} | commit {meta['commit']} | {meta['date']}\n{table}")
     if s.record:
         with open(s.record, "a") as f:
@@ -514,6 +534,9 @@ def measure(s: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], lis
     device = s.device
     plain = bench_params(s, device)
     s.sync_every = plain["train"]["execution"]["sync_every"]
+    s.pack_seeds = from_dict(plain).train.seeds.n if s.pack_seeds is None else s.pack_seeds
+    packed_rows, skipped = bench_packed.plan_rows(device, s.compile_modes, s.packed_precisions, s.probe_every)
+    grid = bench_packed.grid_cells(s.params) if s.pack_seeds else None  # fails early, not after the measurements
     with tempfile.TemporaryDirectory(prefix="bnflow-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if s.data == "synthetic":
@@ -549,12 +572,48 @@ def measure(s: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], lis
             rows.append(summarise("bnflow_aggregate", n, s.steps, windows, s.batch_size,
                                   LABELS["bnflow_aggregate"].format(mode=MODES[graphs], n=n), graphs))
             log(rows[-1])
+        rows += packed_measurements(plain, data_path, device, s, packed_rows if s.pack_seeds else [], tmp)
     meta = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
             "python": platform.python_version(), "commit": git_commit(ROOT),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": shlex.join(["python", os.path.relpath(Path(__file__).resolve(), ROOT), *argv]),
-            "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(s).items()}}
+            "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(s).items()},
+            "skipped": (skipped + s.failed) if s.pack_seeds else []}
+    if grid is not None:
+        meta["grid"] = grid
+        meta["grid_estimate"] = bench_packed.grid_estimate(grid, rows)
     return meta, rows
+
+
+def packed_measurements(plain: dict, data_path: Path, device: torch.device, s: argparse.Namespace,
+                        plan: list, tmp: Path) -> list[dict[str, Any]]:
+    """The packed rows (bench_packed.PackedRow each) on `device`; a probes row gets its overhead over packed eager.
+    A torch.compile row that fails is recorded in `s.failed` (listed under the table) instead of ending the run."""
+    rows: list[dict[str, Any]] = []
+    s.failed = []  # torch.compile rows that raised: listed with the skipped rows
+    cfg = loop_config(plain, 1, False)
+    for k, spec in enumerate(plan):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            windows = bench_packed.packed_windows(plain, data_path, device, cfg, spec, s.pack_seeds, s.warmup,
+                                                  s.steps, s.windows, tmp / f"packed-{k}")
+        except Exception as e:  # noqa: BLE001 - a compiler failure of one mode must not cost the other rows
+            if spec.compile_mode is None:
+                raise
+            s.failed.append({"label": spec.label(), "skipped": f"failed: {type(e).__name__}: {str(e)[:300]}"})
+            print(f"{spec.label()}: {s.failed[-1]['skipped']}", file=sys.stderr, flush=True)
+            continue
+        row = summarise("packed", s.pack_seeds, s.steps, windows, s.batch_size, spec.label(s.pack_seeds), spec.graphs)
+        row |= {"precision": spec.precision, "probe_every": spec.probe_every, "compile_mode": spec.compile_mode,
+                "channels_last": spec.channels_last}
+        if spec.probe_every:
+            eager = next(r for r in rows if r["label"] == bench_packed.PackedRow().label(s.pack_seeds))
+            row["overhead_pct"] = 100.0 * (row["ms_per_step"] / eager["ms_per_step"] - 1.0)
+            row["label"] += f" ({row['overhead_pct']:+.1f}% vs packed eager)"
+        rows.append(row)
+        log(row)
+    return rows
 
 
 if __name__ == "__main__":

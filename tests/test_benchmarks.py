@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -36,7 +37,7 @@ def bench():
         sys.path.remove(str(SCRIPT.parent))
 
 
-def test_smoke_preset_measures_three_kinds_and_records(tmp_path):
+def test_smoke_preset_measures_every_kind_and_records(tmp_path):
     record = tmp_path / "RESULTS.md"
     shutil.copyfile(RESULTS, record)
     original, real_before = record.read_text(), RESULTS.read_bytes()
@@ -50,7 +51,7 @@ def test_smoke_preset_measures_three_kinds_and_records(tmp_path):
     rows, meta = result["rows"], result["meta"]
     assert [(r["kind"], r["runs"], r["cuda_graphs"]) for r in rows] == [
         ("typical", 1, False), ("bnflow_single", 1, False), ("bnflow_probes", 1, False), ("bnflow_aggregate", 1, False),
-        ("bnflow_aggregate", 2, False)]
+        ("bnflow_aggregate", 2, False), ("packed", 2, False), ("packed", 2, False)]
     for r in rows:
         assert len(r["window_s"]) == 3 and r["steps_per_window"] == 20
         assert math.isfinite(r["steps_per_s"]) and r["steps_per_s"] > 0
@@ -64,6 +65,24 @@ def test_smoke_preset_measures_three_kinds_and_records(tmp_path):
     eager = rows[1]
     assert probes["overhead_pct"] == pytest.approx(100 * (probes["ms_per_step"] / eager["ms_per_step"] - 1))
     assert "dense probes every 10 steps" in probes["label"]
+    # packed rows: 2 seeds in one model (the total counts both seeds' steps); the probes row against packed eager
+    packed_eager, packed_probes = rows[5], rows[6]
+    assert "2 seeds in one model" in packed_eager["label"] and packed_probes["probe_every"] == 10
+    assert packed_probes["overhead_pct"] == pytest.approx(
+        100 * (packed_probes["ms_per_step"] / packed_eager["ms_per_step"] - 1))
+    # what a CPU cannot run is listed with the reason, in the JSON and under the table
+    skipped = {r["label"]: r["skipped"] for r in meta["skipped"]}
+    assert "bnflow packed CUDA graphs" in skipped and "bnflow packed torch.compile(default)" in skipped
+    assert all(f"skipped: {label}: {why}" in proc.stdout for label, why in skipped.items())
+    # the extrapolation follows from the default grid and the measured packed rates
+    est, grid = meta["grid_estimate"], meta["grid"]
+    per_cell = grid["seeds"] * grid["steps"]
+    n_noisy = len(grid["noisy_cells"])
+    assert set(grid["noisy_cells"]) == {c for c in grid["cells"] if "noisy" in c} and n_noisy > 0
+    seconds = ((len(grid["cells"]) - n_noisy) * per_cell / packed_eager["steps_per_s"]
+               + n_noisy * per_cell / packed_eager["steps_per_s"]) * (1 + packed_probes["overhead_pct"] / 100)
+    assert est["minutes"] == pytest.approx(seconds / 60) and est["total_steps"] == per_cell * len(grid["cells"])
+    assert f"default grid, extrapolated minutes: {est['minutes']:.1f}" in proc.stdout
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -79,6 +98,35 @@ def test_smoke_preset_measures_three_kinds_and_records(tmp_path):
     assert f"commit `{meta['commit']}`" in section and "--smoke" in section
     assert all(r["label"] in section for r in rows)
     assert RESULTS.read_bytes() == real_before  # the committed file is never written by the test
+
+
+def test_grid_estimate_hand_computed():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        packed = importlib.import_module("bench_packed")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    grid = {"cells": ["a", "b", "c", "n"], "noisy_cells": ["n"], "seeds": 2, "steps": 100}
+    rows = [{"kind": "bnflow_single", "label": "single", "steps_per_s": 1e6, "cuda_graphs": True},
+            {"kind": "packed", "label": "eager", "steps_per_s": 10.0, "cuda_graphs": False, "precision": "fp32"},
+            {"kind": "packed", "label": "graphs", "steps_per_s": 40.0, "cuda_graphs": True, "precision": "fp32"},
+            {"kind": "packed", "label": "bf16", "steps_per_s": 1e3, "cuda_graphs": True, "precision": "bf16"},
+            {"kind": "packed", "label": "probes", "steps_per_s": 8.0, "cuda_graphs": False, "precision": "fp32",
+             "probe_every": 10, "overhead_pct": 25.0}]
+    est = packed.grid_estimate(grid, rows)
+    # 3 cells x 200 steps at 40 steps/s (graphs; bf16 and non-packed rows never count) + 1 noisy cell x 200 steps
+    # at 10 steps/s (eager), times 1.25 for the probes: (15 s + 20 s) * 1.25 = 43.75 s
+    assert est["minutes"] == pytest.approx(43.75 / 60)
+    assert (est["best_row"], est["eager_row"], est["total_steps"]) == ("graphs", "eager", 800)
+    assert packed.grid_estimate(grid, rows[:1]) is None
+    gpu_rows, gpu_skipped = packed.plan_rows(torch.device("cuda"), ("default",), ("fp32", "bf16"), 100)
+    assert gpu_skipped == [] and {(r.graphs, r.channels_last, r.compile_mode, r.precision, r.probe_every)
+                                  for r in gpu_rows} == {
+        (False, None, None, "fp32", 0), (False, None, None, "fp32", 100), (True, None, None, "fp32", 0),
+        (False, False, None, "fp32", 0), (False, None, "default", "fp32", 0), (False, None, None, "bf16", 0),
+        (True, None, None, "bf16", 0)}
+    cpu_rows, cpu_skipped = packed.plan_rows(torch.device("cpu"), ("default",), ("fp32", "bf16"), 0)
+    assert cpu_rows == [packed.PackedRow()] and len(cpu_skipped) == 5
 
 
 def test_summarise_hand_computed(bench):
@@ -105,7 +153,8 @@ def test_arguments_preset_and_errors(bench):
         7, "vgg11", 0.125, (1, 2), "cpu", 0, (False,))
     bad = [(["--parallel", "1,x"], "--parallel"), (["--parallel", "0,2"], "--parallel"), (["--steps", "0"], "--steps"),
            (["--warmup", "0"], "--warmup"), (["--sync-every", "0"], "--sync-every"), (["--device", "gpu"], "--device"),
-           (["--device", "cpu", "--cuda-graphs", "on"], "--cuda-graphs")]
+           (["--device", "cpu", "--cuda-graphs", "on"], "--cuda-graphs"), (["--pack-seeds", "-1"], "--pack-seeds"),
+           (["--packed-precisions", "fp16"], "--packed-precisions")]
     for args, key in bad:
         with pytest.raises(ConfigError, match=key):
             bench.parse_args(["--smoke", *args])
@@ -184,16 +233,110 @@ def test_a_failing_child_is_reported_not_waited_for(bench, tmp_path):
 def test_gpu_rows_name_the_gpu_and_graphs_beat_eager(tmp_path):
     out_json = tmp_path / "bench.json"
     args = ["--device", "cuda", "--arch", "vgg11", "--width-mult", "0.5", "--steps", "50", "--warmup", "10",
-            "--windows", "3", "--parallel", "2", "--n-train", "4096", "--json", str(out_json)]
+            "--windows", "3", "--parallel", "2", "--n-train", "4096", "--pack-seeds", "2", "--compile-modes", "",
+            "--packed-precisions", "fp32", "--json", str(out_json)]
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out_json.read_text())
     assert result["meta"]["device_name"] == torch.cuda.get_device_name()
-    speed = {(r["kind"], r["runs"], r["cuda_graphs"]): r["steps_per_s"] for r in result["rows"]}
+    speed = {(r["kind"], r["runs"], r["cuda_graphs"]): r["steps_per_s"] for r in result["rows"]
+             if r["kind"] != "packed"}
     assert set(speed) == {("typical", 1, False), ("bnflow_single", 1, False), ("bnflow_single", 1, True),
                           ("bnflow_aggregate", 2, False), ("bnflow_aggregate", 2, True)}
+    packed = {r["label"].split(":")[0]: r["steps_per_s"] for r in result["rows"] if r["kind"] == "packed"}
+    assert set(packed) == {"bnflow packed eager", "bnflow packed eager, dense probes every 100 steps",
+                           "bnflow packed CUDA graphs", "bnflow packed eager, NCHW"} and result["meta"]["skipped"] == []
+    # two seeds in one launch stream beat one launch-bound run (issue 16's premise)
+    assert packed["bnflow packed eager"] > speed[("bnflow_single", 1, False)]
     # PERFORMANCE.md: device-resident data beats PIL + DataLoader + .item(); at this size the GPU is launch-bound,
     # so replaying one graph per step beats launching its kernels one by one
     assert speed[("bnflow_single", 1, False)] > speed[("typical", 1, False)]
     assert speed[("bnflow_single", 1, True)] > speed[("bnflow_single", 1, False)]
+
+
+# ------------------------------------------------------------------------- bf16 check (benchmarks/bf16_check.py)
+@pytest.fixture(scope="module")
+def bf16():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        yield importlib.import_module("bf16_check")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def _claims():
+    """Four hand-made claims, built from the registry's first one so every other field stays valid."""
+    from bnflow.config import Cell, parse_claims, read_yaml
+
+    base = parse_claims(read_yaml(ROOT / "params.yaml")["claims"])[0]
+    mk = dataclasses.replace
+    claims = [mk(base, id="A", arm_a="bn", arm_b="standard", lr=0.1),       # both arms trained
+              mk(base, id="B", arm_a="noisy_bn", arm_b="bn", lr=0.1),       # noisy_bn not trained
+              mk(base, id="C", arm_a="bn", arm_b="standard", lr=0.5),       # other lr
+              mk(base, id="D", arm_a="standard", arm_b="bn", lr=0.1)]
+    cells = [Cell(model="vgg", variant="bn", lr=0.1), Cell(model="vgg", variant="standard", lr=0.1)]
+    return claims, cells
+
+
+def test_bf16_affected_claims_are_those_the_cells_decide(bf16):
+    claims, cells = _claims()
+    assert [c.id for c in bf16.affected_claims(claims, cells)] == ["A", "D"]
+
+
+def test_bf16_verdict_comparison_on_hand_made_tables(bf16):
+    import pandas as pd
+
+    claims, _ = _claims()
+    a, d = claims[0], claims[3]
+    fp32 = pd.DataFrame({"claim_id": ["A", "D"], "verdict": ["supported", "inconclusive"], "estimate": [0.8, 1.1]})
+    bf = pd.DataFrame({"claim_id": ["A", "D"], "verdict": ["supported", "contradicted"], "estimate": [0.81, 1.3]})
+    both = {"fp32": {"A", "D"}, "bf16": {"A", "D"}}
+    table = bf16.compare_verdicts(fp32, bf, [a, d], both)
+    assert table.status.tolist() == ["agree", "differ"] and not bf16.check_passes(table)
+    assert table.loc[1, "verdict_bf16"] == "contradicted" and table.loc[0, "estimate_bf16"] == 0.81
+    # the differing claim unmeasured at one precision: it is neither agreement nor disagreement
+    table = bf16.compare_verdicts(fp32, bf, [a, d], {"fp32": {"A", "D"}, "bf16": {"A"}})
+    assert table.status.tolist() == ["agree", "not_measured"] and bf16.check_passes(table)
+    assert "bf16 may become the default" in bf16.format_report(table)
+    # nothing compared, or a claim missing from a table: the check fails
+    assert not bf16.check_passes(bf16.compare_verdicts(fp32, bf, [a], {"fp32": set(), "bf16": set()}))
+    table = bf16.compare_verdicts(fp32.iloc[1:], bf, [a], both)
+    assert table.verdict_fp32.tolist() == ["missing"] and table.status.tolist() == ["differ"]
+    assert "fp32 stays the default" in bf16.format_report(table)
+
+
+def test_bf16_measured_needs_a_finite_value_in_every_arm(bf16):
+    import pandas as pd
+
+    claims, _ = _claims()
+    runs = pd.DataFrame({"model": ["vgg"] * 4, "variant": ["bn", "bn", "standard", "standard"], "lr": [0.1] * 4,
+                         claims[0].metric: [1.0, float("nan"), float("nan"), float("nan")]})
+    assert not bf16.measured(runs, claims[0])  # standard has no finite value
+    runs.loc[3, claims[0].metric] = 2.0
+    assert bf16.measured(runs, claims[0])
+    assert not bf16.measured(runs.drop(columns=[claims[0].metric]), claims[0])
+
+
+@pytest.mark.slow
+def test_bf16_check_runs_end_to_end_on_a_tiny_cpu_grid(tmp_path):
+    # the GPU-only script's plumbing (params, train_cell, summarize_runs, evaluate_claims) on the quick overlay;
+    # its verdicts at 20 steps mean nothing, so only their form is checked
+    data = tmp_path / "data.npz"
+    save_prepared(data, make_synthetic(0, 512, 128))
+    report = tmp_path / "report.json"
+    args = ["--data", str(data), "--device", "cpu", "--steps", "20", "--params", str(ROOT / "params.yaml"),
+            str(ROOT / "workflow" / "quick.yaml"), "--out", str(tmp_path / "out"), "--json", str(report)]
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bf16_check.py"), *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: verdicts differ, a legitimate outcome
+    result = json.loads(report.read_text())
+    claims = {c["claim_id"]: c for c in result["claims"]}
+    assert claims and all(c["arm_a"] in ("bn", "standard") and c["lr"] == 0.1 for c in claims.values())
+    assert {c["status"] for c in claims.values()} <= {"agree", "differ", "not_measured"}
+    # edge_ratio needs the checkpoint-wise probe step, which the check does not run
+    assert all(c["status"] == "not_measured" for c in claims.values() if c["metric"] == "edge_ratio")
+    assert result["passes"] == (proc.returncode == 0) and result["params"]["precision"] == "bf16"
+    for precision in ("fp32", "bf16"):
+        assert sorted(p.name for p in (tmp_path / "out" / precision / "runs").iterdir()) == [
+            "vgg-bn-lr0.1", "vgg-standard-lr0.1"]
