@@ -1,33 +1,36 @@
 # bnflow: re-run "How Does Batch Normalization Help Optimization?" (Santurkar et al., NeurIPS 2018).
 #   snakemake --cores all --resources gpu=1                              # the paper grid (params.yaml)
 #   snakemake --cores all --config overlay=workflow/quick.yaml           # the CPU quick run (results/quick/)
+#   snakemake --cores all --resources gpu=1 --config cells='dln-*'       # a subset of the grid's cells
+#   --config overlay=a.yaml,b.yaml stacks overlays (later files win)
 # params.yaml is the only configuration. bnflow validates it (and the optional overlay) before any job starts;
-# rules only template paths and call `python -m bnflow <step>`, with the same commands as dvc.yaml's stages.
+# rules only template (quoted) paths and call `python -m bnflow <step>`, with the same commands as dvc.yaml's stages.
+# Each job also reads a params stamp (bnflow/dag.py): Snakemake re-runs a job when the params it reads change, also
+# on a fresh clone, where dvc.lock vouches for the committed results.
 
-from bnflow.config import load_params, to_plain
+import shlex
+import sys
 
+from bnflow.dag import messages, plan
+from bnflow.errors import BnflowError
+from bnflow.vocab import CELL_WILDCARD
 
-configfile: "params.yaml"
+try:
+    W = plan(config)
+except BnflowError as e:  # a config mistake is the user's to fix: the message, not a traceback
+    sys.stderr.write(f"bnflow: error: {e}\n")
+    sys.exit(1)
+for line in messages(W):
+    sys.stderr.write(line + "\n")
 
-
-PARAMS_FILES = ["params.yaml"] + ([config["overlay"]] if "overlay" in config else [])
-P = load_params(*PARAMS_FILES)
-PARAMS_OPT = " ".join(f"--params {f}" for f in PARAMS_FILES)
-OUT = P.out_dir
-CELLS = list(P.train.grid)
-DATA = f"{OUT}/data/dataset.npz"
-
-
-def section(*keys):
-    """A params subsection as plain data: given to a rule's `params:` so that Snakemake re-runs it when it changes."""
-    node = to_plain(P)
-    for k in keys:
-        node = node[k]
-    return node
+P, OUT = W.params, W.out
+PARAMS_OPT = " ".join(f"--params {shlex.quote(f)}" for f in W.params_files)
+MODELS = "|".join(sorted({P.cell(c).model for c in P.train.grid} | set(W.models)))
 
 
 wildcard_constraints:
-    cell=r"[a-z0-9]+-[a-z0-9_]+-lr[0-9.e+-]+",
+    cell=CELL_WILDCARD,
+    model=MODELS,
 
 
 include: "workflow/rules/prepare.smk"
@@ -44,5 +47,5 @@ rule all:
         f"{OUT}/figures",
         f"{OUT}/REPORT.md",
         f"{OUT}/stats/claims.csv",
-        f"{OUT}/lrscan/thresholds.csv",
-        expand(f"{OUT}/probes/{{cell}}", cell=CELLS),
+        expand(f"{OUT}/lrscan/{{model}}/thresholds.csv", model=W.models),
+        expand(f"{OUT}/probes/{{cell}}", cell=W.active),

@@ -8,6 +8,8 @@ take. Overlays (e.g. workflow/quick.yaml) are merged key by key on top of the ba
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
 import math
 import re
 import types
@@ -19,8 +21,9 @@ from typing import Any, Literal
 import yaml
 
 from bnflow.errors import ConfigError
-from bnflow.vocab import (CELL_ID, CHANCE, CLAIM_DIRECTIONS, CLAIM_FAMILIES, CLAIM_METRICS, CLAIM_SCALES, CLAIM_TYPES,
-                          DLN_VARIANTS, MODELS, VARIANTS, VGG_LAYERS, format_lr, vgg_depth)
+from bnflow.vocab import (CELL_ID, CLAIM_DIRECTIONS, CLAIM_FAMILIES, CLAIM_METRICS, CLAIM_SCALES, CLAIM_TYPES,
+                          CLASSIFIERS, DLN_VARIANTS, MODELS, REFERENCE_ARMS, RESNET_DEPTHS, VARIANT_NAME, VARIANTS,
+                          VGG_LAYERS, format_lr, resnet_conv_layers, vgg_depth)
 
 REPLACED_BY_OVERLAY = (("train", "grid"),)
 
@@ -60,6 +63,7 @@ class SeedsConfig:
 class NormConfig:
     eps: float = rule(gt=0)
     momentum: float = rule(gt=0, le=1)
+    groups: int = rule(ge=1)  # group_norm's groups, clipped per layer (bnflow.models.norms.group_count)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,32 @@ class VggConfig:
 
 
 @dataclass(frozen=True)
+class ResNetConfig:
+    """The CIFAR ResNet (bnflow/models/resnet.py, beyond the paper): `depth` = 6n + 2; every other key means what
+    it means in VggConfig (the training loop and the test evaluation read them alike)."""
+
+    depth: Literal[RESNET_DEPTHS]
+    width_mult: float = rule(gt=0, le=4)
+    steps: int = rule(ge=1)
+    batch_size: int = rule(ge=1)
+    momentum: float = rule(ge=0, le=1)
+    weight_decay: float = rule(ge=0)
+    log_every: int = rule(ge=1)
+    eval_every: int = rule(ge=1)
+    eval_batch_size: int = rule(ge=1)
+    checkpoint_steps: tuple[int, ...] = rule(nonempty=True)
+    precision: Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A user normalisation variant (train.plugins.<name>): `module` is "pkg.mod:Class", importable from the project
+    root; the class is built as Class(C) for each normalised layer of C channels (bnflow.models.norms.make_norm)."""
+
+    module: str
+
+
+@dataclass(frozen=True)
 class DlnConfig:
     depth: int = rule(ge=2)
     dim: int = rule(ge=1)
@@ -103,6 +133,7 @@ class ExecutionConfig:
     resume_every_s: float = rule(ge=0)
     progress_every_s: float = rule(ge=0)
     cuda_graphs: bool
+    mode: Literal["separate", "packed"]  # packed: a VGG cell's seeds as one grouped model (bnflow.train.packed)
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,7 @@ class ProbeOptions:
 class DenseProbeConfig(ProbeOptions):
     vgg: DenseModelProbeConfig
     dln: DenseModelProbeConfig
+    resnet: DenseModelProbeConfig
 
 
 @dataclass(frozen=True)
@@ -150,16 +182,21 @@ class CurvatureConfig:
 class ProbeConfig(ProbeOptions):
     vgg: ModelProbeConfig
     dln: ModelProbeConfig
+    resnet: ModelProbeConfig
     direction: Literal["gradient", "random"]
     curvature: CurvatureConfig
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell: a model, a variant and an lr, trained for every seed index."""
+    """One grid cell: a model, a variant and an lr, trained for every seed index.
+
+    variant: a built-in variant (vocab.VARIANTS) or a plug-in named in train.plugins (checked by `check_variants`).
+    """
 
     model: Literal[MODELS]
-    variant: Literal[VARIANTS]
+    # a string, not an enum (plug-ins): the schema can say its spelling and the built-in names, not all choices
+    variant: str = field(metadata={"pattern": VARIANT_NAME.pattern, "examples": VARIANTS})
     lr: float = rule(gt=0)
 
     @property
@@ -178,9 +215,99 @@ class TrainConfig:
     noise: NoiseConfig
     vgg: VggConfig
     dln: DlnConfig
+    resnet: ResNetConfig
     probes: DenseProbeConfig
     execution: ExecutionConfig
+    plugins: dict[str, PluginConfig]
     grid: dict[str, Cell] = rule(nonempty=True)
+
+    def model_config(self, model: str) -> VggConfig | DlnConfig | ResNetConfig:
+        """The train.<model> section of a model family (one of vocab.MODELS)."""
+        if model not in MODELS:
+            raise ConfigError(f"no model family {model!r}; known: {', '.join(MODELS)}")
+        return getattr(self, model)
+
+    def n_layers(self, model: str) -> int:
+        """How many numbered layers (#1..#n: conv layers, or the DLN's linear layers) the model has."""
+        cfg = self.model_config(model)
+        return {"vgg": lambda: vgg_depth(cfg.arch), "dln": lambda: cfg.depth,
+                "resnet": lambda: resnet_conv_layers(cfg.depth)}[model]()
+
+
+# --------------------------------------------------------------------------------------------------- plug-in variants
+_PLUGIN_SPEC = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*)$")
+PLUGIN_TRIAL_CHANNELS = 8
+"""The channel count a plug-in is built with at params load (a trial build, before any job starts)."""
+_TRIAL_SHAPES = {"image": (4, PLUGIN_TRIAL_CHANNELS, 4, 4), "vector": (4, PLUGIN_TRIAL_CHANNELS)}
+
+
+def plugin_class(spec: str, key: str) -> Any:
+    """Import the plug-in class named by `spec` ("pkg.module:Class"); ConfigError naming `key` when that fails."""
+    m = _PLUGIN_SPEC.match(spec)
+    if not m:
+        raise ConfigError(f"{key}: {spec!r} is not of the form 'pkg.module:Class'")
+    try:
+        module = importlib.import_module(m["module"])
+    except Exception as e:  # whatever the user's module raises while importing is a params error here
+        raise ConfigError(f"{key}: cannot import module {m['module']!r} ({type(e).__name__}: {e}); it must be "
+                          f"importable from the project root: python -c 'import {m['module']}'") from None
+    cls = getattr(module, m["attr"], None)
+    if cls is None or not callable(cls):
+        raise ConfigError(f"{key}: module {m['module']!r} has no class {m['attr']!r}")
+    return cls
+
+
+def check_plugin(spec: str, key: str, shapes: typing.Iterable[tuple[int, ...]] = ()) -> None:
+    """Refuse (ConfigError naming `key`) a plug-in that cannot be imported, built as Class(8), or applied.
+
+    Args:
+        spec: "pkg.module:Class".
+        key: the params key to name, train.plugins.<name>.module.
+        shapes: activation shapes (N, 8, ...) the built module must map to the same shape in training mode, e.g.
+            (4, 8, 4, 4) for a conv net and (4, 8) for the deep linear net.
+    """
+    cls = plugin_class(spec, key)
+    import torch  # here, not at the top: only a params file with plug-ins pays for it (the plug-in imports it too)
+
+    try:
+        layer = cls(PLUGIN_TRIAL_CHANNELS)
+    except Exception as e:  # the user's constructor: any failure means "cannot be built"
+        raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) cannot be built ({type(e).__name__}: {e}); a "
+                          "plug-in is constructed with the channel count as its only argument") from None
+    if not isinstance(layer, torch.nn.Module):
+        raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) built a {type(layer).__name__}, not a "
+                          "torch.nn.Module")
+    for shape in shapes:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                out = layer.train()(x)
+        except Exception as e:  # the user's forward
+            raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) fails on activations of shape "
+                              f"{tuple(shape)} ({type(e).__name__}: {e})") from None
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) maps activations of shape {tuple(shape)} "
+                              f"to {got}; a norm must return its input's shape")
+
+
+def check_variants(train: TrainConfig) -> None:
+    """Plug-in names and modules, and every grid cell's variant (a built-in one or a plug-in), at params load."""
+    for name in train.plugins:
+        if not VARIANT_NAME.match(name):
+            raise ConfigError(f"train.plugins.{name}: a variant name uses only a-z, 0-9 and '_' (it is part of cell "
+                              "and run ids)")
+        if name in VARIANTS:
+            raise ConfigError(f"train.plugins.{name}: {name!r} is the name of a built-in variant; choose another")
+    for cell_id, cell in train.grid.items():
+        if cell.variant not in VARIANTS and cell.variant not in train.plugins:
+            plugins = ", ".join(train.plugins) or "none"
+            raise ConfigError(f"train.grid.{cell_id}.variant: {cell.variant!r} is not one of {', '.join(VARIANTS)}, "
+                              f"nor a plug-in of train.plugins ({plugins})")
+    for name, plugin in train.plugins.items():
+        models = {c.model for c in train.grid.values() if c.variant == name}
+        shapes = [_TRIAL_SHAPES["image" if m in CLASSIFIERS else "vector"] for m in sorted(models)]
+        check_plugin(plugin.module, f"train.plugins.{name}.module", dict.fromkeys(shapes))
 
 
 @dataclass(frozen=True)
@@ -226,11 +353,16 @@ _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class ClaimSpec:
-    """One pre-declared claim (params.yaml `claims:`); params.yaml holds the registry (STATS.md).
+    """One pre-declared claim (params.yaml `claims:`); params.yaml holds the registry (STATS.md "Claims registry v2").
 
+    figure: where the paper shows it ("Fig 4a", "§3.1", or "beyond the paper").
+    sesoi: superiority only, the smallest effect of interest on the reported scale. Ratio scale: the ratio on the
+    claimed side of 1 (0.9 = "at least 10% lower" when lower is better, 1.25 when higher is better); the band
+    (min(s, 1/s), max(s, 1/s)) is "no effect of interest". Difference scale: a magnitude > 0, band (−s, s).
     margin: the boundary of a non-inferiority or equivalence claim on the reported scale (ratio: e.g. 1.25 when
     lower is better, 0.8 when higher is better; difference: e.g. 0.05 / −0.02; equivalence: the band is
-    (1/margin, margin) or (−margin, margin)). reference: the constant arm B stands for when arm_b is "chance".
+    (1/margin, margin) or (−margin, margin)); rationale: one line saying why that boundary.
+    reference: the constant arm B stands for when arm_b is a reference arm (vocab.REFERENCE_ARMS: chance, 2/lr).
     """
 
     id: str
@@ -244,13 +376,16 @@ class ClaimSpec:
     type: str
     direction: str
     scale: str
+    figure: str
+    sesoi: float | None = None
     margin: float | None = None
+    rationale: str | None = None
     reference: float | None = None
     alpha: float = 0.05
 
 
 _KEYS = tuple(f.name for f in dataclasses.fields(ClaimSpec))
-_REQUIRED = ("id", "family", "hypothesis", "metric", "model", "arm_a", "arm_b", "lr", "type", "direction")
+_REQUIRED = ("id", "family", "hypothesis", "metric", "model", "arm_a", "arm_b", "lr", "type", "direction", "figure")
 
 
 def _text(entry: typing.Mapping, key: str, path: str) -> str:
@@ -287,12 +422,18 @@ def check_claim(c: ClaimSpec, path: str) -> None:
     _one_of(c.type, CLAIM_TYPES, f"{path}.type")
     _one_of(c.direction, CLAIM_DIRECTIONS, f"{path}.direction")
     _one_of(c.scale, CLAIM_SCALES, f"{path}.scale")
+    if not isinstance(c.figure, str) or not c.figure.strip():
+        raise ConfigError(f"{path}.figure: must name the paper figure or section (e.g. 'Fig 4a'), got {c.figure!r}")
     kind, scale, models = CLAIM_METRICS[c.metric]
     if c.model not in models:
-        raise ConfigError(f"{path}.metric: {c.metric!r} is not measured for model {c.model!r}")
-    variants = DLN_VARIANTS if c.model == "dln" else VARIANTS
-    _one_of(c.arm_a, variants, f"{path}.arm_a")
-    _one_of(c.arm_b, (*variants, CHANCE), f"{path}.arm_b")
+        raise ConfigError(f"{path}.metric: {c.metric!r} is not measured for model {c.model!r} "
+                          f"(only for {', '.join(models)})")
+    # arms: a built-in variant, or a plug-in's name (checked against train.plugins once the whole file is read)
+    for key, arm in (("arm_a", c.arm_a), ("arm_b", c.arm_b)):
+        if arm not in (*VARIANTS, *REFERENCE_ARMS) and not VARIANT_NAME.fullmatch(arm):
+            _one_of(arm, (*VARIANTS, *(REFERENCE_ARMS if key == "arm_b" else ())), f"{path}.{key}")
+    if c.arm_a in REFERENCE_ARMS:
+        raise ConfigError(f"{path}.arm_a: {c.arm_a!r} is a reference arm; it can only be arm_b")
     if c.arm_a == c.arm_b:
         raise ConfigError(f"{path}.arm_b: must differ from arm_a ({c.arm_a!r})")
     if not c.lr > 0:
@@ -305,12 +446,39 @@ def check_claim(c: ClaimSpec, path: str) -> None:
     if kind == "binary" and c.type != "superiority":
         raise ConfigError(f"{path}.type: {c.metric!r} is a proportion, tested by Fisher's exact test: "
                           "only 'superiority' is supported")
-    if (c.arm_b == CHANCE) != (c.reference is not None):
-        raise ConfigError(f"{path}.reference: give a reference value exactly when arm_b is {CHANCE!r}")
-    if c.arm_b == CHANCE and kind != "continuous":
-        raise ConfigError(f"{path}.arm_b: {CHANCE!r} needs a metric compared as a difference of means, "
+    reference_arm = c.arm_b in REFERENCE_ARMS
+    if reference_arm != (c.reference is not None):
+        raise ConfigError(f"{path}.reference: give a reference value exactly when arm_b is one of "
+                          f"{', '.join(REFERENCE_ARMS)}")
+    if reference_arm and kind != "continuous":
+        raise ConfigError(f"{path}.arm_b: {c.arm_b!r} needs a metric compared as a difference of means, "
                           f"not {c.metric!r}")
+    if c.rationale is not None and (not isinstance(c.rationale, str) or not c.rationale.strip()):
+        raise ConfigError(f"{path}.rationale: must be a non-empty line of text, got {c.rationale!r}")
+    _check_sesoi(c, f"{path}.sesoi")
     _check_margin(c, f"{path}.margin")
+    if c.type != "superiority" and c.rationale is None:
+        raise ConfigError(f"{path}.rationale: a {c.type} claim needs a one-line rationale for its margin")
+
+
+def _check_sesoi(c: ClaimSpec, path: str) -> None:
+    """A superiority claim declares its smallest effect of interest on the claimed side of no effect (so a null
+    result can be told apart from an underpowered one: the verdict not_reproduced); other claims use a margin."""
+    if c.type != "superiority":
+        if c.sesoi is not None:
+            raise ConfigError(f"{path}: a {c.type} claim takes a margin, not a sesoi; remove it")
+        return
+    if c.sesoi is None:
+        raise ConfigError(f"{path}: a superiority claim needs its smallest effect of interest "
+                          f"(e.g. 0.9 on the ratio scale when lower is better)")
+    if c.scale == "difference":
+        if not c.sesoi > 0:
+            raise ConfigError(f"{path}: must be > 0 on the difference scale (a magnitude), got {c.sesoi!r}")
+        return
+    if c.direction == "lower" and not 0 < c.sesoi < 1:
+        raise ConfigError(f"{path}: must be in (0, 1) on the ratio scale when lower is better, got {c.sesoi!r}")
+    if c.direction == "higher" and not c.sesoi > 1:
+        raise ConfigError(f"{path}: must be > 1 on the ratio scale when higher is better, got {c.sesoi!r}")
 
 
 def _check_margin(c: ClaimSpec, path: str) -> None:
@@ -318,7 +486,8 @@ def _check_margin(c: ClaimSpec, path: str) -> None:
     unfavourable side of the null (otherwise "not worse than the margin" would claim an improvement)."""
     if c.type == "superiority":
         if c.margin is not None:
-            raise ConfigError(f"{path}: a superiority claim takes no margin; remove it or change the type")
+            raise ConfigError(f"{path}: a superiority claim takes no margin (it declares a sesoi); remove it or "
+                              "change the type")
         return
     if c.margin is None:
         raise ConfigError(f"{path}: a {c.type} claim needs a margin (e.g. 1.25 on the ratio scale)")
@@ -336,10 +505,11 @@ def _check_margin(c: ClaimSpec, path: str) -> None:
 
 
 def parse_claims(raw: object) -> tuple[ClaimSpec, ...]:
-    """Validate params.yaml's `claims:` list into ClaimSpecs; ConfigError names the key path (claims[3].margin).
+    """Validate params.yaml's `claims:` list into ClaimSpecs; ConfigError names the key path (claims[3].sesoi).
 
     Args:
-        raw: the YAML value, a list of mappings with ClaimSpec's keys (scale, margin, reference, alpha optional).
+        raw: the YAML value, a list of mappings with ClaimSpec's keys (scale, sesoi, margin, rationale, reference,
+            alpha optional; sesoi or margin + rationale as the claim's type requires).
     """
     if not isinstance(raw, list) or not raw:
         raise ConfigError("claims: must be a non-empty list of claim mappings (see params.yaml and STATS.md)")
@@ -362,8 +532,9 @@ def parse_claims(raw: object) -> tuple[ClaimSpec, ...]:
         # scale may be left out: it follows from the metric (an unknown metric fails in check_claim first).
         default_scale = CLAIM_METRICS[text["metric"]][1] if text["metric"] in CLAIM_METRICS else ""
         spec = ClaimSpec(**text, lr=lr, scale=_text(entry, "scale", path) if "scale" in entry else default_scale,
-                         margin=_number(entry, "margin", path), reference=_number(entry, "reference", path),
-                         alpha=0.05 if alpha is None else alpha)
+                         sesoi=_number(entry, "sesoi", path), margin=_number(entry, "margin", path),
+                         rationale=_text(entry, "rationale", path) if entry.get("rationale") is not None else None,
+                         reference=_number(entry, "reference", path), alpha=0.05 if alpha is None else alpha)
         check_claim(spec, path)
         if spec.id in seen:
             raise ConfigError(f"{path}.id: duplicate id {spec.id!r} (also claims[{seen[spec.id]}]); ids must be unique")
@@ -465,7 +636,9 @@ def _build(cls: type, raw: Any, key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (valid keys: {', '.join(fields)})")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key{hint} (valid keys: {', '.join(fields)})")
     missing = [name for name in fields if name not in raw]
     if missing:
         raise ConfigError(f"{prefix}{missing[0]}: missing key")
@@ -478,16 +651,25 @@ def _build(cls: type, raw: Any, key: str) -> Any:
 
 def _check_semantics(p: Params) -> None:
     """Cross-key rules that a single field cannot express."""
+    check_variants(p.train)  # first: a grid cell's unknown variant is named as such, not as an id mismatch
+    for i, c in enumerate(p.claims):
+        for key in ("arm_a", "arm_b"):
+            arm = getattr(c, key)
+            if arm not in (*VARIANTS, *REFERENCE_ARMS, *p.train.plugins):
+                plugins = ", ".join(p.train.plugins) or "none declared"
+                raise ConfigError(f"claims[{i}].{key}: unknown value {arm!r}; choose a variant ({', '.join(VARIANTS)}) "
+                                  f"or a plug-in of train.plugins ({plugins})")
     for cell_id, cell in p.train.grid.items():
         if cell_id != cell.id:
             raise ConfigError(f"train.grid.{cell_id}: id does not match its values; write it as {cell.id!r}")
-    for model, cfg in (("vgg", p.train.vgg), ("dln", p.train.dln)):
+    for model in MODELS:
+        cfg = p.train.model_config(model)
         bad = [s for s in cfg.checkpoint_steps if s < 0 or s > cfg.steps]
         if bad:
             raise ConfigError(f"train.{model}.checkpoint_steps: {bad[0]} is outside 0..{cfg.steps} (train.{model}.steps)")
         if list(cfg.checkpoint_steps) != sorted(set(cfg.checkpoint_steps)):
             raise ConfigError(f"train.{model}.checkpoint_steps: must be strictly increasing")
-    n_layers = {"vgg": vgg_depth(p.train.vgg.arch), "dln": p.train.dln.depth}
+    n_layers = {model: p.train.n_layers(model) for model in MODELS}
     for section, cfg in (("train.probes", p.train.probes), ("probe", p.probe)):
         for model in MODELS:
             mcfg = getattr(cfg, model)
@@ -516,14 +698,107 @@ def merge(base: dict, overlay: dict, path: tuple[str, ...] = ()) -> dict:
     return out
 
 
+CIFAR10_TRAIN_IMAGES = 50000  # what prepare's torchvision and archive sources give
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+PATH_KEYS = ("out_dir", "prepare.archive", "prepare.download_dir")
+
+
+def _check_paths(p: Params) -> None:
+    """Path params are pasted into shell commands by Snakemake and DVC: letters, digits and `_ . / -` only."""
+    for key in PATH_KEYS:
+        value = p.out_dir if key == "out_dir" else getattr(p.prepare, key.split(".")[1])
+        if not _SAFE_PATH.fullmatch(value) or value.startswith("-"):
+            raise ConfigError(f"{key}: {value!r} is not a safe path; use only letters, digits and _ . / - (no "
+                              "spaces or shell metacharacters), not starting with '-'")
+    if ".." in p.out_dir.split("/"):
+        raise ConfigError(f"out_dir: {p.out_dir!r} has a '..' component; give a folder inside the project or an "
+                          "absolute path")
+
+
+def _check_cross_fields(p: Params) -> None:
+    """Rules between sections, checked before any job starts rather than when the step that needs them runs."""
+    cv = p.probe.curvature
+    if cv.eig_k > cv.eig_iters:
+        raise ConfigError(f"probe.curvature.eig_k: {cv.eig_k} exceeds probe.curvature.eig_iters ({cv.eig_iters}); "
+                          "the eigen-solver finds at most eig_iters eigenvalues: lower eig_k or raise eig_iters")
+    synthetic = p.prepare.source == "synthetic"
+    n_train = p.prepare.synthetic.n_train if synthetic else CIFAR10_TRAIN_IMAGES
+    source = "prepare.synthetic.n_train" if synthetic else f"CIFAR-10 from prepare.source {p.prepare.source}"
+    for model in MODELS:
+        cfg = getattr(p.train, model, None)
+        batch = getattr(cfg, "batch_size", None)
+        if batch is not None and batch > n_train:
+            raise ConfigError(f"train.{model}.batch_size: {batch} exceeds the {n_train} training images ({source}); "
+                              "lower it or use more images")
+        # PROTOCOL §5: the ICS update and the landscape assume plain SGD steps
+        dense = getattr(getattr(p.train.probes, model, None), "every", 0)
+        sgd = {k: getattr(cfg, k, 0.0) for k in ("momentum", "weight_decay")}
+        if dense and any(sgd.values()):
+            keys = " and ".join(f"train.{model}.{k} = {v:g}" for k, v in sgd.items() if v)
+            bad = [k for k, v in sgd.items() if v]
+            raise ConfigError(f"train.{model}.{bad[0]}: dense probes (train.probes.{model}.every = {dense}) assume "
+                              f"plain SGD, but {keys}; set {'them' if len(bad) > 1 else 'it'} to 0 or switch the "
+                              f"probes off (train.probes.{model}.every: 0)")
+
+
+def require_files(p: Params) -> None:
+    """Files the params name must exist (relative paths: relative to the project root, the current folder)."""
+    if p.prepare.source == "archive":
+        path = Path(p.prepare.archive)
+        resolved = path if path.is_absolute() else Path.cwd() / path
+        if not resolved.exists():
+            raise ConfigError(f"prepare.archive: {resolved} does not exist (prepare.source is archive); give the "
+                              "path of cifar-10-python.tar.gz or an image-folder archive, relative to the project "
+                              "root")
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int):
+        super().__init__(f"duplicate key {key} (lines {first} and {second}); YAML would keep only the last and "
+                         "silently drop the first: merge the two into one")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping holding the same key twice.
+
+    YAML's own rule is "last wins": a second `train:` in an overlay silently replaced the whole first one.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicates(node, "", set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicates(node: yaml.Node, path: str, seen_nodes: set[int]) -> None:
+    if id(node) in seen_nodes:  # an alias to a node already checked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            here = f"{path}.{name}" if path else name
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if name in lines:
+                    raise _DuplicateKey(here, lines[name], key_node.start_mark.line + 1)
+                lines[name] = key_node.start_mark.line + 1
+            _refuse_duplicates(value_node, here, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicates(item, f"{path}[{i}]", seen_nodes)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """One params file as plain data; a duplicate key, bad YAML or a non-mapping is a ConfigError naming the file."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read params file ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -531,21 +806,59 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def from_dict(raw: dict) -> Params:
-    """Validate a raw params mapping into `Params` (raises ConfigError naming the key)."""
+def from_dict(raw: dict, *, check_files: bool = True) -> Params:
+    """Validate a raw params mapping into `Params` (raises ConfigError naming the key).
+
+    Args:
+        raw: params.yaml's content (after overlays).
+        check_files: also require the files the params name (prepare.archive) to exist; worker processes that
+            re-validate params their parent already checked pass False.
+    """
     params = _build(Params, raw, "")
+    _check_paths(params)
     _check_semantics(params)
+    _check_cross_fields(params)
+    if check_files:
+        require_files(params)
     return params
 
 
-def load_params(*paths: str | Path) -> Params:
-    """Load params.yaml and optional overlays (later files win) into validated, frozen `Params`."""
+def _key_paths(node: Any, path: str = "") -> typing.Iterator[str]:
+    """Every key path of a params file: `a.b.c` for mappings, `a[3].b` for list items."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            here = f"{path}.{k}" if path else str(k)
+            yield here
+            yield from _key_paths(v, here)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _key_paths(v, f"{path}[{i}]")
+
+
+def load_params(*paths: str | Path, check_files: bool = True) -> Params:
+    """Load params.yaml and optional overlays (later files win) into validated, frozen `Params`.
+
+    `check_files=False` leaves out the check that files the params name exist (prepare.archive): a step that never
+    reads them (every step but prepare; a clone with committed results but no archive) must not need them.
+
+    A ConfigError about key K also says which file set K (the last one that defines it), so a mistake in an overlay
+    is not looked for in params.yaml.
+    """
     if not paths:
         raise ConfigError("no params file given (pass --params params.yaml)")
     raw: dict = {}
+    origin: dict[str, Path] = {}
     for path in paths:
-        raw = merge(raw, read_yaml(path))
-    return from_dict(raw)
+        data = read_yaml(path)
+        origin |= dict.fromkeys(_key_paths(data), Path(path))
+        raw = merge(raw, data)
+    try:
+        return from_dict(raw, check_files=check_files)
+    except ConfigError as e:
+        key = str(e).split(": ", 1)[0]
+        if key not in origin:
+            raise
+        raise ConfigError(f"{e} (set in {origin[key]})") from None
 
 
 def to_plain(obj: Any) -> Any:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from bnflow.config import Cell, Params, to_plain
+from bnflow.errors import ConfigError
 from bnflow.gpu import process_device
-from bnflow.io import atomic_path, check_absent, provenance, publish_dir, write_json
+from bnflow.io import atomic_path, check_absent, publish_dir, run_provenance, write_json
 from bnflow.train.cell import loop_config
 from bnflow.train.loop import train_loop
 from bnflow.tasks import make_task
@@ -49,41 +50,46 @@ def thresholds(scan: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "variant", "seed", "max_trainable_lr", "first_failing_lr"])
 
 
-def scan_lrs(params: Params, data_path: Path | None, out_dir: Path, *, force: bool = False) -> pd.DataFrame:
-    """Run every (model, variant, lr, seed) of `lrscan`, write scan.csv, thresholds.csv and summary.json."""
+def scan_lrs(params: Params, model: str, data_path: Path, out_dir: Path, *, force: bool = False) -> pd.DataFrame:
+    """Run every (variant, lr, seed) of `lrscan.<model>`, write scan.csv, thresholds.csv and summary.json.
+
+    One model per call (one job per model): the DLN's scan runs on a CPU without the images, the VGG's on a GPU.
+    """
     check_absent(out_dir, force=force)
     cfg, train = params.lrscan, params.train
+    if not hasattr(cfg, model):
+        raise ConfigError(f"--model {model!r}: lrscan has no section for it; scanned models: vgg, dln")
     device = process_device(train.execution.device)
-    scratch = Path(params.out_dir) / ".partial" / "lrscan"
+    scratch = Path(params.out_dir) / ".partial" / f"lrscan-{model}"
     shutil.rmtree(scratch, ignore_errors=True)  # short runs: a killed scan starts again
     rows = []
-    for model in ("vgg", "dln"):
-        mcfg = getattr(cfg, model)
-        for variant in mcfg.variants:
-            for lr in mcfg.lrs:
-                cell = Cell(model, variant, lr)
-                for seed in range(cfg.seeds):
-                    task = make_task(train, cell, seed, data_path, device)
-                    loop = loop_config(train, cell, seed, steps=mcfg.steps)
-                    state = scratch / "state" / f"{cell.id}-s{seed}"  # one resume state per short run
-                    outcome = train_loop(task, loop, state, state, {}, fingerprint=f"lrscan:{cell.id}:{seed}:"
-                                                                                    f"{mcfg.steps}")
-                    shutil.rmtree(state, ignore_errors=True)
-                    losses = [r["loss"] for r in outcome.tables["metrics"] if r["split"] == "train"]
-                    loss0, final, ok = is_trainable(losses, outcome.diverged, cfg.loss_fraction)
-                    rows.append({"model": model, "variant": variant, "lr": lr, "seed": seed, "steps": mcfg.steps,
-                                 "diverged": outcome.diverged, "loss0": loss0, "final_loss": final, "trainable": ok})
-                    log.info("lrscan %s s%d: %s", cell.id, seed, "trainable" if ok else "not trainable")
+    mcfg = getattr(cfg, model)
+    for variant in mcfg.variants:
+        for lr in mcfg.lrs:
+            cell = Cell(model, variant, lr)
+            for seed in range(cfg.seeds):
+                task = make_task(train, cell, seed, data_path, device)
+                loop = loop_config(train, cell, seed, steps=mcfg.steps)
+                state = scratch / "state" / f"{cell.id}-s{seed}"  # one resume state per short run
+                outcome = train_loop(task, loop, state, state, {}, fingerprint=f"lrscan:{cell.id}:{seed}:"
+                                                                                f"{mcfg.steps}")
+                shutil.rmtree(state, ignore_errors=True)
+                losses = [r["loss"] for r in outcome.tables["metrics"] if r["split"] == "train"]
+                loss0, final, ok = is_trainable(losses, outcome.diverged, cfg.loss_fraction)
+                rows.append({"model": model, "variant": variant, "lr": lr, "seed": seed, "steps": mcfg.steps,
+                             "diverged": outcome.diverged, "loss0": loss0, "final_loss": final, "trainable": ok})
+                log.info("lrscan %s s%d: %s", cell.id, seed, "trainable" if ok else "not trainable")
     scan = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
     limits = thresholds(scan)
     scratch.mkdir(parents=True, exist_ok=True)
     for name, frame in (("scan.csv", scan), ("thresholds.csv", limits)):
         with atomic_path(scratch / "out" / name) as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.10g", na_rep="", lineterminator="\n")
-    summary = {f"{m}-{v}": {"median_max_trainable_lr": float(d.max_trainable_lr.median()),
+            frame.to_csv(tmp, index=False, float_format="%.6g", na_rep="", lineterminator="\n")
+    summary = {f"{m}-{v}": {"median_max_trainable_lr": float(f"{d.max_trainable_lr.median():.6g}"),
                             "n_seeds": int(len(d))} for (m, v), d in limits.groupby(["model", "variant"])}
     write_json(scratch / "out" / "summary.json", summary)
-    write_json(scratch / "out" / "provenance.json", provenance({"lrscan": to_plain(cfg)}, str(device)))
+    write_json(scratch / "out" / "provenance.json", {"lrscan": to_plain(cfg), "model": model,
+                                                     "train": to_plain(getattr(train, model))} | run_provenance(device))
     publish_dir(scratch / "out", out_dir, force=force)
     shutil.rmtree(scratch, ignore_errors=True)
     return scan

@@ -33,6 +33,10 @@ def _schema_of(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> dict[st
     for key, name in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum")):
         if meta.get(key) is not None:
             out[name] = meta[key]
+    if meta.get("pattern"):  # strings with a spelling rule but no fixed set (variants: plug-ins are allowed)
+        out["pattern"] = meta["pattern"]
+    if meta.get("examples"):
+        out["examples"] = list(meta["examples"])
     return out
 
 

@@ -1,22 +1,27 @@
-"""The DAG contract: Snakemake's rules and DVC's stages are the same steps, commands and outputs."""
+"""The DAG contract: Snakemake's rules and DVC's stages are the same steps, commands, outputs and params; no value
+from params or the command line ever runs as shell text."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bnflow.dag import param_keys
 from conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake_jobs(*extra: str) -> set[tuple[str, str, frozenset[str]]]:
-    """(rule, shell command, outputs) of every job of a forced dry run."""
-    proc = subprocess.run([*SNAKEMAKE, "-n", "-p", "--forceall", "--cores", "1", *extra], cwd=ROOT,
+def snakemake_jobs(*extra: str, cwd: Path = ROOT) -> set[tuple[str, tuple[str, ...], frozenset[str]]]:
+    """(rule, shell command as argv, outputs) of every job of a forced dry run."""
+    proc = subprocess.run([*SNAKEMAKE, "-n", "-p", "--forceall", "--cores", "1", *extra], cwd=cwd,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs, rule, outputs = set(), None, frozenset()
@@ -26,22 +31,24 @@ def snakemake_jobs(*extra: str) -> set[tuple[str, str, frozenset[str]]]:
         elif m := re.match(r"^\s+output: (.*)$", line):
             outputs = frozenset(o.strip() for o in m.group(1).split(","))
         elif line.startswith("Shell command: ") and line != "Shell command: None":  # `rule all` runs nothing
-            jobs.add((rule, " ".join(line.removeprefix("Shell command: ").split()), outputs))
+            jobs.add((rule, tuple(shlex.split(line.removeprefix("Shell command: "))), outputs))
     return jobs
 
 
-def dvc_stages() -> set[tuple[str, str, frozenset[str]]]:
+def dvc_stages() -> dict[str, tuple[str, tuple[str, ...], frozenset[str], set[str]]]:
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        return {(s.name.split("@")[0], " ".join(s.cmd.split()), frozenset(str(o.def_path) for o in s.outs))
+        return {s.name: (s.name.split("@")[0], tuple(shlex.split(s.cmd)),
+                         frozenset(str(o.def_path) for o in s.outs) | frozenset(str(m.def_path) for m in s.metrics),
+                         {k for p in s.deps if hasattr(p, "params") for k in (p.params or [])})
                 for s in repo.index.stages}
 
 
 def test_snakemake_and_dvc_describe_the_same_dag():
-    smk, dvc = snakemake_jobs(), dvc_stages()
-    assert {j[0] for j in smk} == {"prepare", "train", "probe", "lrscan", "summarize", "stats",
-                                      "figures"}
+    smk = snakemake_jobs()
+    dvc = {v[:3] for v in dvc_stages().values()}
+    assert {j[0] for j in smk} == {"prepare", "train", "probe", "lrscan", "summarize", "stats", "figures"}
     assert smk == dvc, f"only in Snakemake: {smk - dvc}\nonly in DVC: {dvc - smk}"
 
 
@@ -49,31 +56,50 @@ def test_every_grid_cell_is_one_gpu_training_job():
     from bnflow.config import load_params
 
     cells = set(load_params(ROOT / "params.yaml").train.grid)
-    trained = {re.search(r"--cell (\S+)", cmd).group(1) for rule, cmd, _ in snakemake_jobs() if rule == "train"}
+    trained = {cmd[cmd.index("--cell") + 1] for rule, cmd, _ in snakemake_jobs() if rule == "train"}
     assert trained == cells
     text = (ROOT / "workflow" / "rules" / "train.smk").read_text()
     assert re.search(r"resources:\s+gpu=1", text)
 
 
-def test_dvc_stages_read_only_their_params_sections():
+def test_dvc_stages_read_exactly_the_params_the_snakemake_stamps_record():
+    from bnflow.config import load_params
+
+    p = load_params(ROOT / "params.yaml")
+    for name, (step, _, _, keys) in dvc_stages().items():
+        key = name.split("@")[1] if "@" in name else None
+        model = p.cell(key).model if step in ("train", "probe") else key
+        assert keys == set(param_keys(step, model=model)), name
+    assert dvc_stages()["train@vgg-bn-lr0.1"][3] == {"train.seeds", "train.norm", "train.noise", "train.vgg",
+                                                     "train.probes", "train.plugins"}
+
+
+def test_dln_cells_never_depend_on_the_images():
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        keys = {s.name: {k for p in s.deps if hasattr(p, "params") for k in (p.params or [])}
-                for s in repo.index.stages}
-    assert keys["prepare"] == {"prepare"}
-    assert keys["train@vgg-bn-lr0.1"] == {"train.seeds", "train.norm", "train.noise", "train.vgg", "train.probes"}
-    assert keys["train@dln-bn-lr1e-06"] == {"train.seeds", "train.norm", "train.noise", "train.dln", "train.probes"}
-    assert keys["probe@vgg-bn-lr0.1"] == {"probe", "train.seeds"}
-    assert keys["stats"] == {"stats", "claims"}
+        deps = {s.name: {str(d.def_path) for d in s.deps if not hasattr(d, "params")} for s in repo.index.stages}
+    for name, paths in deps.items():
+        if "@dln" in name:
+            assert "results/data/vgg.npz" not in paths, name
+    assert "results/data/dln.npz" in deps["train@dln-bn-lr1e-06"]
+    smk = [cmd for rule, cmd, _ in snakemake_jobs() if rule in ("train", "probe", "lrscan")]
+    for cmd in smk:
+        if any(a.startswith("dln") for a in cmd):
+            assert cmd[cmd.index("--data") + 1] == "results/data/dln.npz"
 
 
-def test_rules_only_call_the_cli():
+def test_rules_only_call_the_cli_and_quote_every_templated_value():
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
         assert not re.search(r"^\s+(run|script|notebook|wrapper):", text, re.M), smk.name
         for rule in re.split(r"^rule ", text, flags=re.M)[1:]:
             assert "log:" in rule and "shell:" in rule and "python -m bnflow" in rule, smk.name
+            shell = rule.split("shell:")[1]
+            for field in re.findall(r"\{([^{}]+)\}", shell):
+                # wildcards are constrained by regex; PARAMS_OPT is shlex-quoted in the Snakefile
+                assert field.endswith(":q") or field.startswith("wildcards.") or field == "PARAMS_OPT", (smk.name,
+                                                                                                        field)
 
 
 @pytest.mark.parametrize("bad", ["vgg-bn-lr0.1;rm -rf x", "../etc-bn-lr0.1", "vgg-bn-lr0.1 --force"])
@@ -81,3 +107,35 @@ def test_wildcards_cannot_smuggle_shell_or_paths(bad):
     proc = subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", f"results/runs/{bad}"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode != 0
+
+
+def _workspace(tmp_path: Path) -> Path:
+    for name in ("Snakefile", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    return tmp_path
+
+
+def test_hostile_out_dir_is_refused_and_quoted(tmp_path):
+    ws = _workspace(tmp_path)
+    pwned = tmp_path / "PWNED"
+    overlay = ws / "evil.yaml"
+    overlay.write_text(yaml.safe_dump({"out_dir": f"/tmp/x;touch {pwned};echo"}))
+    proc = subprocess.run([*SNAKEMAKE, "--cores", "1", "--config", "overlay=evil.yaml"], cwd=ws,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "out_dir" in proc.stderr and not pwned.exists()
+    assert "Traceback" not in proc.stderr  # the message, not a stack of frames from bnflow/config.py
+    # a params file whose NAME holds shell text reaches the command as one quoted argument
+    odd = ws / "my quick;touch PWNED.yaml"
+    shutil.copy(ws / "workflow" / "quick.yaml", odd)
+    jobs = snakemake_jobs("--config", f"overlay={odd.name}", cwd=ws)
+    assert jobs and all(cmd[len(cmd) - 1 - cmd[::-1].index("--params") + 1] == odd.name for _, cmd, _ in jobs)
+    assert not (ws / "PWNED").exists()
+
+
+@pytest.mark.parametrize("args", [["--config", "out_dir=elsewhere"], ["--config", "overlya=workflow/quick.yaml"],
+                                  ["--configfile", "workflow/quick.yaml"]])
+def test_unknown_config_keys_are_refused(tmp_path, args):
+    ws = _workspace(tmp_path)
+    proc = subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", *args], cwd=ws, capture_output=True, text=True)
+    assert proc.returncode != 0 and "--config" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from bnflow.config import from_dict, to_plain
+from bnflow.data.dln import save_problems
+from bnflow.errors import ConfigError
 from bnflow.data import make_synthetic, save_prepared
 from bnflow.lrscan import is_trainable, scan_lrs, thresholds
 from conftest import tiny_params
@@ -37,10 +40,19 @@ def test_a_tiny_scan_separates_a_sane_lr_from_a_diverging_one(tmp_path):
     raw["lrscan"] = {"vgg": {"variants": ["bn"], "lrs": [0.05, 1000.0], "steps": 30},
                      "dln": {"variants": ["standard"], "lrs": [1e-6, 1.0], "steps": 20}, "seeds": 1,
                      "loss_fraction": 0.9}
-    scan = scan_lrs(from_dict(raw), data, tmp_path / "scan")
-    got = scan.set_index(["model", "lr"]).trainable.to_dict()
+    params = from_dict(raw)
+    dln_data = tmp_path / "dln.npz"
+    save_problems(dln_data, 0, params.train.seeds.indices, params.train.dln.n_samples, params.train.dln.dim)
+    vgg = scan_lrs(params, "vgg", data, tmp_path / "scan" / "vgg")  # one model per call: one job per model
+    dln = scan_lrs(params, "dln", dln_data, tmp_path / "scan" / "dln")
+    assert set(vgg.model) == {"vgg"} and set(dln.model) == {"dln"}
+    got = pd.concat([vgg, dln]).set_index(["model", "lr"]).trainable.to_dict()
     assert got[("vgg", 0.05)] and not got[("vgg", 1000.0)]
     assert not got[("dln", 1.0)]
-    limits = pd.read_csv(tmp_path / "scan" / "thresholds.csv").set_index("model")
+    limits = pd.read_csv(tmp_path / "scan" / "vgg" / "thresholds.csv").set_index("model")
     assert limits.loc["vgg", "max_trainable_lr"] == 0.05 and limits.loc["vgg", "first_failing_lr"] == 1000.0
-    assert (tmp_path / "scan" / "summary.json").exists() and (tmp_path / "scan" / "provenance.json").exists()
+    for model in ("vgg", "dln"):
+        assert (tmp_path / "scan" / model / "summary.json").exists()
+        assert (tmp_path / "scan" / model / "provenance.json").exists()
+    with pytest.raises(ConfigError, match="--model 'resnet'"):
+        scan_lrs(params, "resnet", data, tmp_path / "scan" / "resnet")

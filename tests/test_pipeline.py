@@ -1,4 +1,6 @@
-"""End to end on CPU: the quick DAG through Snakemake, and DVC re-running only what a params edit touches."""
+"""End to end on CPU: the quick DAG through Snakemake; DVC re-running only what a params edit touches; committed
+results that re-run to an empty diff; and a fresh clone (committed results, dvc.lock, no checkpoints or data) on
+which both tools plan exactly what a params edit affects."""
 
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ SHRINK = {"prepare": {"synthetic": {"n_train": 400, "n_test": 100}},
                     "dln": {"depth": 6, "steps": 60, "checkpoint_steps": [0, 60]},
                     "probes": {"dln": {"ics_layers": [2, 4], "activation_layers": [1, 6]}}},
           "probe": {"dln": {"ics_layers": [2, 4], "activation_layers": [1, 6]}}}
+SMALL_GRID = {"vgg-bn-lr0.1": {"model": "vgg", "variant": "bn", "lr": 0.1},
+              "dln-bn-lr1e-06": {"model": "dln", "variant": "bn", "lr": 1.0e-6}}
+PY = sys.executable
 
 
 def workspace(tmp_path: Path) -> Path:
     """A scratch copy of the workflow files (results land under it, never in the checkout)."""
-    for name in ("Snakefile", "dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
     shutil.copytree(ROOT / "bnflow", tmp_path / "bnflow", ignore=shutil.ignore_patterns("__pycache__"))
@@ -34,38 +39,66 @@ def workspace(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def small_params(ws: Path, **changes) -> dict:
+    """params.yaml = the quick overlay merged in, a two-cell grid, one seed, written to results/ (what DVC reads)."""
+    params = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ws / "workflow" / "quick.yaml"))
+    params["out_dir"] = "results"
+    params["train"]["grid"] = SMALL_GRID
+    params["train"]["seeds"]["n"] = 1
+    params["lrscan"]["seeds"] = 1
+    params = merge(params, changes)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def run(cmd: list[str], cwd: Path, ok: bool = True) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    if ok:
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
 
 def job_counts(dry_run: str) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake dry run."""
+    """The 'Job stats' table of a Snakemake dry run ({} when there is nothing to do)."""
+    if "Job stats:" not in dry_run:
+        assert "Nothing to be done" in dry_run, dry_run[-2000:]
+        return {}
     table = dry_run.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
     return {name: int(n) for name, n in (line.split() for line in table if line.strip())}
 
 
+def dvc_changed(ws: Path) -> dict[str, list]:
+    """dvc status as {stage: [what changed]}, leaving out outputs that are only absent from the workspace/cache."""
+    status = json.loads(run([PY, "-m", "dvc", "status", "--json"], ws).splitlines()[-1] or "{}")
+    out = {}
+    for stage, changes in status.items():
+        real = [c for c in changes if not (isinstance(c, dict) and set(c) == {"changed outs"}
+                                         and set(c["changed outs"].values()) <= {"deleted", "not in cache"})]
+        if real:
+            out[stage] = real
+    return out
+
+
+def dvc_plan(ws: Path) -> set[str]:
+    """The stages `dvc repro --allow-missing --dry` would run."""
+    log = run([PY, "-m", "dvc", "repro", "--allow-missing", "--dry"], ws)
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
 def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     ws = workspace(tmp_path)
-    smk = [sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=1", "--config",
-           "overlay=workflow/quick.yaml"]
+    smk = [PY, "-m", "snakemake", "--cores", "2", "--resources", "gpu=1", "--config", "overlay=workflow/quick.yaml"]
     run(smk, ws)
     out = ws / "results" / "quick"
     assert {p.name for p in (out / "figures").iterdir()} >= {"fig01_accuracy.png", "fig01_accuracy.svg"}
     report = (out / "REPORT.md").read_text()
     assert "](figures/fig01_accuracy.png)" in report and "**C1**" in report  # figures and claim sentences
-    claims = pd.read_csv(out / "stats" / "claims.csv")
-    assert len(claims) == 19 and set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (out / "stats" / "claims.md").read_text().startswith("# Claims")
     assert len(pd.read_csv(out / "stats" / "runs.csv")) == 8
     assert (out / "probes" / "vgg-bn-lr0.1" / "s1" / "landscape.csv").exists()
-    for cell in ("vgg-standard-lr0.1", "vgg-bn-lr0.1", "dln-standard-lr1e-06", "dln-bn-lr1e-06"):
-        for seed in (0, 1):
-            m = pd.read_csv(out / "runs" / cell / f"s{seed}" / "metrics.csv")
-            assert len(m) > 5 and json.loads((out / "runs" / cell / f"s{seed}" / "run.json").read_text())["n_steps"] > 0
+    assert list((out / "plots" / "train_loss").glob("*.csv"))  # dvc plots data
     assert not (ws / "results" / "runs").exists(), "the quick run must not write into the paper's results"
-    assert "Nothing to be done" in run([*smk, "-n"], ws)
+    assert job_counts(run([*smk, "-n"], ws)) == {}
     # editing a training param re-runs the trainings of that model and what follows, not prepare
     quick = read_yaml(ws / "workflow" / "quick.yaml")
     quick["train"]["dln"]["steps"] = 50
@@ -75,48 +108,84 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     assert plan == {"train": 2, "probe": 2, "lrscan": 1, "summarize": 1, "stats": 1, "figures": 1, "all": 1,
                     "total": 9}, plan
     # editing only the checkpoint-wise probe params re-runs probing (and what reads it), never training
-    quick = read_yaml(ws / "workflow" / "quick.yaml")
     quick["train"]["dln"]["steps"] = SHRINK["train"]["dln"]["steps"]
     quick["train"]["dln"]["checkpoint_steps"] = SHRINK["train"]["dln"]["checkpoint_steps"]
     quick["probe"]["direction"] = "random"
     (ws / "workflow" / "quick.yaml").write_text(yaml.safe_dump(quick))
     plan = job_counts(run([*smk, "-n"], ws))
     assert plan == {"probe": 4, "summarize": 1, "stats": 1, "figures": 1, "all": 1, "total": 8}, plan
+    # a subset of cells: only the DLN cells train (here: nothing to do, they are current)
+    assert job_counts(run([*smk, "-n", "--config", "cells=dln-*"], ws)).get("train") is None
 
 
 def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
     ws = workspace(tmp_path)
-    params = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ws / "workflow" / "quick.yaml"))
-    params["train"]["grid"] = {k: v for k, v in params["train"]["grid"].items() if k in ("vgg-bn-lr0.1", "dln-bn-lr1e-06")}
-    params["train"]["seeds"]["n"] = 1
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = small_params(ws)
     run(["git", "init", "-q"], ws)
-    run([sys.executable, "-m", "dvc", "init", "-q"], ws)
-    run([sys.executable, "-m", "dvc", "repro", "-q"], ws)
-    assert (ws / "results" / "quick" / "figures" / "fig01_accuracy.png").exists()
-    status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], ws).splitlines()[-1] or "{}")
-    assert status == {}
+    run([PY, "-m", "dvc", "init", "-q"], ws)
+    run([PY, "-m", "dvc", "repro", "-q"], ws)
+    assert (ws / "results" / "figures" / "fig01_accuracy.png").exists()
+    assert dvc_changed(ws) == {}
 
-    params["train"]["dln"]["steps"] = 50
-    params["train"]["dln"]["checkpoint_steps"] = [0, 50]
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = set(json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], ws).splitlines()[-1]))
-    assert changed == {"train@dln-bn-lr1e-06", "lrscan"}, changed  # the scan trains DLNs with train.dln too
-    log = run([sys.executable, "-m", "dvc", "repro"], ws)
-    assert "Running stage 'train@dln-bn-lr1e-06'" in log and "Running stage 'figures'" in log
-    assert "Running stage 'prepare'" not in log and "Running stage 'train@vgg-bn-lr0.1'" not in log
-    assert (ws / "results" / "quick" / "lrscan" / "thresholds.csv").exists()
-    m = pd.read_csv(ws / "results" / "quick" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv")
-    assert m.step.max() == 49
-
-    def changed_after(edit) -> set[str]:
-        edit(params)
+    def edit(change: dict) -> set[str]:
+        nonlocal params
+        params = merge(params, change)
         (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        return set(json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], ws).splitlines()[-1]))
+        return set(dvc_changed(ws))
 
+    # a DLN training edit re-trains the DLN cell and its lr scan; never prepare or the VGG cell
+    assert edit({"train": {"dln": {"steps": 50, "checkpoint_steps": [0, 50]}}}) == {
+        "train@dln-bn-lr1e-06", "lrscan@dln"}
+    log = run([PY, "-m", "dvc", "repro"], ws)
+    assert "Running stage 'train@dln-bn-lr1e-06'" in log and "Running stage 'figures'" in log
+    assert "Running stage 'prepare@" not in log and "Running stage 'train@vgg-bn-lr0.1'" not in log
+    assert pd.read_csv(ws / "results" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").step.max() == 49
     # probe params re-run probing only (never training); claims re-run the stats only
-    assert changed_after(lambda p: p["probe"].update(direction="random")) == {"probe@vgg-bn-lr0.1",
-                                                                              "probe@dln-bn-lr1e-06"}
-    log = run([sys.executable, "-m", "dvc", "repro"], ws)
+    assert edit({"probe": {"direction": "random"}}) == {"probe@vgg-bn-lr0.1", "probe@dln-bn-lr1e-06"}
+    log = run([PY, "-m", "dvc", "repro"], ws)
     assert "Running stage 'probe@vgg-bn-lr0.1'" in log and "Running stage 'train@" not in log
-    assert changed_after(lambda p: p["claims"][0].update(alpha=0.01)) == {"stats"}
+    params["claims"][0]["alpha"] = 0.01
+    assert edit({}) == {"stats"}
+
+
+def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_what_an_edit_touches(tmp_path):
+    origin = workspace(tmp_path / "origin")
+    small_params(origin)
+    run(["git", "init", "-q"], origin)
+    run(["git", "config", "user.email", "t@example.com"], origin)
+    run(["git", "config", "user.name", "t"], origin)
+    run([PY, "-m", "dvc", "init", "-q"], origin)
+    run(["git", "add", "-A"], origin)
+    run(["git", "commit", "-qm", "code"], origin)
+    run([PY, "-m", "dvc", "repro", "-q"], origin)
+    run(["git", "add", "-A"], origin)
+    run(["git", "commit", "-qm", "results"], origin)
+    committed = run(["git", "ls-files", "results"], origin).split()
+    assert committed and not any(p.startswith(("results/checkpoints", "results/data", "results/probes_full"))
+                                 for p in committed)
+
+    # the same params re-run (every stage forced): every committed file is byte-identical
+    run([PY, "-m", "dvc", "repro", "-f", "-q"], origin)
+    assert run(["git", "status", "--porcelain", "--", "results", "dvc.lock"], origin).strip() == ""
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    smk = [PY, "-m", "snakemake", "--cores", "1", "--resources", "gpu=1", "-n"]
+    assert job_counts(run(smk, clone)) == {}, "a fresh clone must not re-run committed results"
+    assert dvc_changed(clone) == {} and dvc_plan(clone) == set()
+
+    params = read_yaml(clone / "params.yaml")
+    params["stats"]["ci_level"] = 0.9
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert job_counts(run(smk, clone)) == {"stats": 1, "figures": 1, "all": 1, "total": 3}
+    assert set(dvc_changed(clone)) == {"stats"} and dvc_plan(clone) == {"stats", "figures"}
+
+    params["stats"]["ci_level"] = 0.95
+    params["probe"]["direction"] = "random"
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(smk, clone)
+    assert job_counts(out) == {"probe": 2, "summarize": 1, "stats": 1, "figures": 1, "all": 1, "total": 6}
+    assert "dvc pull results/checkpoints/vgg-bn-lr0.1" in out  # said, not silently re-trained
+    assert set(dvc_changed(clone)) == {"probe@vgg-bn-lr0.1", "probe@dln-bn-lr1e-06"}
+    failed = run([PY, "-m", "dvc", "repro", "--allow-missing"], clone, ok=False)
+    assert "results/checkpoints/" in failed and "Running stage 'train@" not in failed

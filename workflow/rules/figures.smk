@@ -1,7 +1,9 @@
 rule figures:
     input:
-        runs=expand(f"{OUT}/runs/{{cell}}", cell=CELLS),
-        probes=expand(f"{OUT}/probes/{{cell}}", cell=CELLS),
+        stamp=W.stamp("figures"),
+        runs=expand(f"{OUT}/runs/{{cell}}", cell=W.read),
+        probes=expand(f"{OUT}/probes/{{cell}}", cell=W.read),
+        lrscan=expand(f"{OUT}/lrscan/{{model}}/thresholds.csv", model=W.models),
         claims=f"{OUT}/stats/claims.md",
     output:
         # In `snakemake --report`: every figure PNG, captioned from workflow/report/figures.rst (generated from
@@ -14,12 +16,14 @@ rule figures:
             labels={"figure": "{name}"},
         ),
         report=f"{OUT}/REPORT.md",
+        plots=directory(f"{OUT}/plots"),
     log:
         f"{OUT}/logs/figures.log",
     params:
         runs_root=f"{OUT}/runs",
         probes_root=f"{OUT}/probes",
-        cfg=lambda w: {"figures": section("figures"), "seeds": section("train", "seeds")},
+        lrscan_root=f"{OUT}/lrscan",
     shell:
-        "python -m bnflow figures {PARAMS_OPT} --runs-root {params.runs_root} --probes-root {params.probes_root}"
-        " --claims {input.claims} --output {output.figures} --report {output.report} --log {log}"
+        "python -m bnflow figures {PARAMS_OPT} --runs-root {params.runs_root:q} --probes-root {params.probes_root:q}"
+        " --lrscan-root {params.lrscan_root:q} --claims {input.claims:q} --output {output.figures:q}"
+        " --report {output.report:q} --plots-output {output.plots:q} --log {log:q}"

@@ -1,18 +1,18 @@
 rule lrscan:
     input:
-        data=DATA,
+        stamp=lambda w: W.stamp("lrscan", w.model),
+        data=lambda w: ancient(f"{OUT}/data/{w.model}.npz"),
     output:
-        scan=f"{OUT}/lrscan/scan.csv",
-        thresholds=f"{OUT}/lrscan/thresholds.csv",
-        provenance=f"{OUT}/lrscan/provenance.json",
-        summary=f"{OUT}/lrscan/summary.json",
+        scan=f"{OUT}/lrscan/{{model}}/scan.csv",
+        thresholds=f"{OUT}/lrscan/{{model}}/thresholds.csv",
+        provenance=f"{OUT}/lrscan/{{model}}/provenance.json",
+        summary=f"{OUT}/lrscan/{{model}}/summary.json",
     log:
-        f"{OUT}/logs/lrscan.log",
+        f"{OUT}/logs/lrscan-{{model}}.log",
     params:
-        out_dir=f"{OUT}/lrscan",
-        cfg=lambda w: {k: section(k) for k in ("lrscan",)} | {"train": {k: section("train", k) for k in (
-            "vgg", "dln", "norm", "noise", "seeds")}},
+        out_dir=f"{OUT}/lrscan/{{model}}",
     resources:
         gpu=1,
     shell:
-        "python -m bnflow lrscan {PARAMS_OPT} --data {input.data} --output {params.out_dir} --log {log}"
+        "python -m bnflow lrscan {PARAMS_OPT} --model {wildcards.model} --data {input.data:q}"
+        " --output {params.out_dir:q} --log {log:q}"

@@ -1,9 +1,9 @@
 rule prepare:
+    input:
+        stamp=lambda w: W.stamp("prepare", w.model),
     output:
-        DATA,
+        f"{OUT}/data/{{model}}.npz",
     log:
-        f"{OUT}/logs/prepare.log",
-    params:
-        cfg=section("prepare"),
+        f"{OUT}/logs/prepare-{{model}}.log",
     shell:
-        "python -m bnflow prepare {PARAMS_OPT} --output {output} --log {log}"
+        "python -m bnflow prepare {PARAMS_OPT} --model {wildcards.model} --output {output:q} --log {log:q}"

@@ -1,15 +1,20 @@
 rule probe:
     input:
-        data=DATA,
-        checkpoints=f"{OUT}/checkpoints/{{cell}}",
+        stamp=lambda w: W.stamp("probe", w.cell),
+        data=lambda w: ancient(W.data(w.cell)),
+        # the train step's runs folder marks its cell complete; the checkpoints are read, not declared, so a clone
+        # whose checkpoints sit in the DVC remote never re-trains to probe (the probe step names `dvc pull`)
+        runs=f"{OUT}/runs/{{cell}}",
     output:
-        directory(f"{OUT}/probes/{{cell}}"),
+        probes=directory(f"{OUT}/probes/{{cell}}"),
+        full=directory(f"{OUT}/probes_full/{{cell}}"),
     log:
         f"{OUT}/logs/probe/{{cell}}.log",
     params:
-        cfg=lambda w: {"probe": section("probe"), "seeds": section("train", "seeds")},
+        checkpoints=f"{OUT}/checkpoints/{{cell}}",
     resources:
         gpu=1,
     shell:
-        "python -m bnflow probe {PARAMS_OPT} --cell {wildcards.cell} --data {input.data}"
-        " --checkpoints-dir {input.checkpoints} --output {output} --log {log}"
+        "python -m bnflow probe {PARAMS_OPT} --cell {wildcards.cell} --data {input.data:q}"
+        " --checkpoints-dir {params.checkpoints:q} --output {output.probes:q} --full-output {output.full:q}"
+        " --log {log:q}"

@@ -1,7 +1,8 @@
 rule summarize:
     input:
-        runs=expand(f"{OUT}/runs/{{cell}}", cell=CELLS),
-        probes=expand(f"{OUT}/probes/{{cell}}", cell=CELLS),
+        stamp=W.stamp("summarize"),
+        runs=expand(f"{OUT}/runs/{{cell}}", cell=W.read),
+        probes=expand(f"{OUT}/probes/{{cell}}", cell=W.read),
     output:
         f"{OUT}/stats/runs.csv",
     log:
@@ -9,14 +10,14 @@ rule summarize:
     params:
         runs_root=f"{OUT}/runs",
         probes_root=f"{OUT}/probes",
-        cfg=lambda w: {"summarize": section("summarize"), "seeds": section("train", "seeds")},
     shell:
-        "python -m bnflow summarize {PARAMS_OPT} --runs-root {params.runs_root} --probes-root {params.probes_root}"
-        " --output {output} --log {log}"
+        "python -m bnflow summarize {PARAMS_OPT} --runs-root {params.runs_root:q} --probes-root {params.probes_root:q}"
+        " --output {output:q} --log {log:q}"
 
 
 rule stats:
     input:
+        stamp=W.stamp("stats"),
         runs=f"{OUT}/stats/runs.csv",
     output:
         csv=f"{OUT}/stats/claims.csv",
@@ -26,6 +27,5 @@ rule stats:
         f"{OUT}/logs/stats.log",
     params:
         out_dir=f"{OUT}/stats",
-        cfg=lambda w: {"stats": section("stats"), "claims": section("claims")},
     shell:
-        "python -m bnflow stats {PARAMS_OPT} --runs {input.runs} --output {params.out_dir} --log {log}"
+        "python -m bnflow stats {PARAMS_OPT} --runs {input.runs:q} --output {params.out_dir:q} --log {log:q}"

@@ -1,0 +1,328 @@
+"""The pipeline's jobs as both tools see them: the params each job reads, and Snakemake's record of them.
+
+DVC records the params every stage ran with in dvc.lock. Snakemake records them in `.snakemake/metadata`, which a
+fresh clone does not have: there it cannot tell whether committed results match params.yaml, and a params edit is
+silently ignored. So the Snakefile gives every job one more input, a *params stamp*: a small JSON file with the
+exact params values the job reads (the same keys as the job's DVC stage), rewritten only when they change. A changed
+stamp is newer than the job's outputs, so Snakemake re-runs the job, and file times carry the change downstream.
+
+On a fresh clone (no stamps yet) a job whose outputs exist is *adopted* when dvc.lock says they were made with the
+current params: its stamp is dated 1970 and the adopted outputs' file times are set in DAG order (checkout leaves
+them in arbitrary order), so nothing is re-run. Outputs that no record vouches for are re-run, and said so.
+
+Data inputs (the prepared datasets) are `ancient` for Snakemake: re-creating a dataset byte for byte (a fresh
+clone's `dvc pull`, a re-run of prepare) re-trains nothing; a change of the prepare params reaches training through
+the stamps, which include the params of the job's prepare step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bnflow.errors import ConfigError
+from bnflow.vocab import CLASSIFIERS
+
+log = logging.getLogger("bnflow.dag")
+STAMP_ROOT = Path(".snakemake") / "bnflow-params"
+# Topological rank of each step (outputs are dated in this order when adopted).
+LRSCAN_FILES = ("scan.csv", "thresholds.csv", "provenance.json", "summary.json")
+RANK = {"prepare": 0, "train": 1, "probe": 2, "lrscan": 2, "summarize": 3, "stats": 4, "figures": 5}
+ADOPTED_AGE_S = 86400.0  # adopted outputs are dated a day back: older than anything a later edit writes
+
+
+def data_path(out_dir: str, model: str) -> str:
+    """The prepared data a model family reads: the images (classifiers) or the DLN's regression problems."""
+    return f"{out_dir}/data/{model}.npz"
+
+
+def param_keys(step: str, *, model: str | None = None) -> list[str]:
+    """The params.yaml keys one job of `step` reads: exactly its DVC stage's `params:` (tests/test_dag.py checks)."""
+    if step == "prepare":
+        if model in CLASSIFIERS:  # the download folder is left out: it never changes the data
+            return ["prepare.source", "prepare.archive", "prepare.synthetic"]
+        return ["train.seeds", "train.dln.n_samples", "train.dln.dim"]
+    if step == "train":
+        return ["train.seeds", "train.norm", "train.noise", f"train.{model}", "train.probes", "train.plugins"]
+    if step == "probe":
+        return ["probe", "train.seeds"]
+    if step == "lrscan":
+        return [f"lrscan.{model}", "lrscan.seeds", "lrscan.loss_fraction", f"train.{model}", "train.norm",
+                "train.noise", "train.seeds"]
+    if step == "summarize":
+        return [step, "train.seeds", "train.grid"]
+    if step == "figures":
+        return [step, "train.seeds", "train.grid", "lrscan"]
+    if step == "stats":
+        return ["stats", "claims"]
+    raise ValueError(f"unknown step {step!r}")
+
+
+def lookup(raw: Mapping[str, Any], key: str) -> Any:
+    """The value of a dotted key in the raw (merged) params mapping; a missing key is an error naming it."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"{key}: missing in params (needed by the workflow)")
+        node = node[part]
+    return node
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the DAG: its step, its key (cell id, model or ''), the outputs it writes and the params it reads.
+
+    `chain` names jobs whose params this job's stamp includes as well (a prepare step read through an ancient input).
+    """
+
+    step: str
+    key: str
+    outputs: tuple[str, ...]
+    keys: tuple[str, ...]
+    chain: tuple[Job, ...] = ()
+
+    @property
+    def stage(self) -> str:
+        """The DVC stage name (dvc.lock's key) of this job."""
+        return f"{self.step}@{self.key}" if self.key else self.step
+
+    def values(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """{key: value} of the params this job reads (its chain's too), from the raw merged params."""
+        out = {k: lookup(raw, k) for k in self.keys}
+        for up in self.chain:
+            out |= {f"{up.stage}:{k}": v for k, v in up.values(raw).items()}
+        return out
+
+
+def stamp_dir(out_dir: str, root: Path = Path(".")) -> Path:
+    """Where the stamps of one out_dir live (inside Snakemake's own, git-ignored, metadata folder)."""
+    digest = hashlib.sha256(str((root / out_dir).resolve()).encode()).hexdigest()[:12]
+    return root / STAMP_ROOT / digest
+
+
+def stamp_path(out_dir: str, job: Job, root: Path = Path(".")) -> Path:
+    return stamp_dir(out_dir, root) / job.step / f"{job.key or job.step}.json"
+
+
+def read_ledger(lock: Path) -> dict[str, dict[str, Any]]:
+    """{stage: {param key: value}} as dvc.lock recorded them (params.yaml's entries); {} without a dvc.lock."""
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{lock}: unreadable ({e}); restore it from git (git checkout {lock})") from None
+    return {name: (stage.get("params") or {}).get("params.yaml", {}) for name, stage in
+            (data.get("stages") or {}).items()}
+
+
+def _canonical(values: Mapping[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True, indent=1, default=str) + "\n"
+
+
+@dataclass
+class StampReport:
+    """What sync_stamps decided, for the Snakefile's messages."""
+
+    changed: list[Job] = field(default_factory=list)     # params differ from the last run: re-run
+    adopted: list[Job] = field(default_factory=list)     # outputs vouched for by dvc.lock: kept
+    unvouched: list[Job] = field(default_factory=list)   # outputs exist but no record: re-run
+
+
+def vouched(job: Job, raw: Mapping[str, Any], ledger: Mapping[str, Mapping]) -> bool:
+    """Whether dvc.lock records exactly the current params for `job` and for every job of its chain."""
+    for j in (job, *job.chain):
+        recorded = ledger.get(j.stage)
+        if recorded is None or any(recorded.get(k, _MISSING) != lookup(raw, k) for k in j.keys):
+            return False
+    return True
+
+
+def _date(paths: Iterable[str], when: float) -> None:
+    for p in paths:
+        if os.path.lexists(p):
+            os.utime(p, (when, when), follow_symlinks=False)
+
+
+def sync_stamps(jobs: Sequence[Job], raw: Mapping[str, Any], out_dir: str, *, ledger: Mapping[str, Mapping],
+                root: Path = Path("."), now: float | None = None) -> StampReport:
+    """Write every job's params stamp; adopt outputs dvc.lock vouches for on a fresh clone (module docstring).
+
+    Args:
+        jobs: every job of the DAG for this run.
+        raw: the merged raw params (params.yaml + overlay) the stamps record.
+        out_dir: the run's out_dir (stamps are kept per out_dir).
+        ledger: read_ledger(dvc.lock) when out_dir is the one dvc.yaml writes, else {}.
+    """
+    now = time.time() if now is None else now
+    report = StampReport()
+    for job in jobs:
+        path = stamp_path(out_dir, job, root)
+        text = _canonical(job.values(raw))
+        if path.exists():
+            if path.read_text() != text:
+                path.write_text(text)
+                report.changed.append(job)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if not job.outputs or not all(os.path.exists(root / o) for o in job.outputs):
+            continue  # nothing there yet: the job runs because its outputs are missing
+        if vouched(job, raw, ledger):
+            os.utime(path, (0, 0))  # older than any output: the stamp itself triggers nothing
+            report.adopted.append(job)
+        else:
+            report.unvouched.append(job)
+    if report.adopted:
+        # Checkout dates files in arbitrary order; date the adopted outputs in DAG order so that no adopted output
+        # looks older than an adopted input.
+        base = now - ADOPTED_AGE_S
+        for job in report.adopted:
+            _date((str(root / o) for o in job.outputs), base + RANK[job.step])
+    return report
+
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------------------- the Snakefile's plan
+CONFIG_KEYS = {"overlay": "params overlays merged onto params.yaml, comma-separated, later files win (e.g. workflow/quick.yaml)",
+               "cells": "comma-separated grid cell ids or shell patterns to run (e.g. 'dln-*'); default: every cell"}
+
+
+@dataclass
+class Plan:
+    """Everything the Snakefile's rules template: validated params, files, cells, jobs and their stamps."""
+
+    params: Any
+    raw: dict
+    params_files: list[str]
+    out: str
+    active: list[str]   # cells this run trains when they are missing or stale
+    read: list[str]     # cells the summaries, claims and figures read: active + present
+    models: list[str]   # models with an lr scan in this run
+    jobs: dict[tuple[str, str], Job]
+    report: StampReport
+
+    def stamp(self, step: str, key: str = "") -> str:
+        return str(stamp_path(self.out, self.jobs[(step, key)]))
+
+    def data(self, cell: str) -> str:
+        return data_path(self.out, self.params.cell(cell).model)
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Refuse every --config/--configfile key the Snakefile does not use, naming it (a typo must not be ignored)."""
+    for key in config:
+        if key not in CONFIG_KEYS:
+            known = "; ".join(f"{k}: {v}" for k, v in CONFIG_KEYS.items())
+            hint = " Params go in params.yaml or an overlay (--config overlay=FILE), never in --configfile." \
+                if key in ("out_dir", "prepare", "train", "probe", "lrscan", "summarize", "stats", "claims",
+                           "figures") else ""
+            raise ConfigError(f"--config {key}: not a key this workflow reads (known: {known}).{hint}")
+
+
+def select_cells(grid: Sequence[str], spec: str | None) -> list[str]:
+    """The grid cells named by `spec` (comma-separated ids or fnmatch patterns); every cell when None."""
+    import fnmatch
+
+    if spec is None:
+        return list(grid)
+    patterns = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not patterns:
+        raise ConfigError("--config cells: empty; give cell ids or patterns, e.g. cells='dln-*'")
+    chosen = []
+    for p in patterns:
+        hits = [c for c in grid if fnmatch.fnmatchcase(c, p)]
+        if not hits:
+            raise ConfigError(f"--config cells: {p!r} matches no cell of train.grid ({', '.join(grid)})")
+        chosen += [c for c in hits if c not in chosen]
+    return [c for c in grid if c in chosen]
+
+
+def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("dvc.lock")) -> Plan:
+    """Validate the run's params and --config, choose its cells, build its jobs and sync their stamps."""
+    from bnflow.config import load_params, merge, read_yaml
+
+    check_config(config)
+    overlays = [f.strip() for f in str(config.get("overlay", "")).split(",") if f.strip()]
+    files = ["params.yaml", *overlays]
+    # validation first: its errors name the key and the file (files the params name are checked below, when needed)
+    params = load_params(*(root / f for f in files), check_files=False)
+    base = read_yaml(root / files[0])
+    raw = base
+    for f in files[1:]:
+        raw = merge(raw, read_yaml(root / f))
+    out = params.out_dir
+    grid = list(params.train.grid)
+    active = select_cells(grid, config.get("cells"))
+    present = [c for c in grid if (root / out / "runs" / c).is_dir()]
+    read = [c for c in grid if c in active or c in present]
+    model_of = {c: params.cell(c).model for c in grid}
+    scanned = {m for m in model_of.values() if hasattr(params.lrscan, m)}  # models with an lrscan section
+    models = sorted(({model_of[c] for c in active} | {m for m in model_of.values()
+                                                       if (root / out / "lrscan" / m).is_dir()}) & scanned)
+    jobs: dict[tuple[str, str], Job] = {}
+    for m in sorted({model_of[c] for c in read} | set(models)):
+        jobs[("prepare", m)] = Job("prepare", m, (data_path(out, m),), tuple(param_keys("prepare", model=m)))
+    for c in read:
+        m, prep = model_of[c], jobs[("prepare", model_of[c])]
+        jobs[("train", c)] = Job("train", c, (f"{out}/runs/{c}",), tuple(param_keys("train", model=m)), (prep,))
+        jobs[("probe", c)] = Job("probe", c, (f"{out}/probes/{c}",), tuple(param_keys("probe")), (prep,))
+    for m in models:
+        jobs[("lrscan", m)] = Job("lrscan", m, tuple(f"{out}/lrscan/{m}/{f}" for f in LRSCAN_FILES),
+                                  tuple(param_keys("lrscan", model=m)),
+                                  (jobs[("prepare", m)],))
+    jobs[("summarize", "")] = Job("summarize", "", (f"{out}/stats/runs.csv",), tuple(param_keys("summarize")))
+    jobs[("stats", "")] = Job("stats", "", tuple(f"{out}/stats/claims.{e}" for e in ("csv", "json", "md")),
+                              tuple(param_keys("stats")))
+    jobs[("figures", "")] = Job("figures", "", (f"{out}/figures", f"{out}/REPORT.md", f"{out}/plots"),
+                                tuple(param_keys("figures")))
+    ledger = read_ledger(root / lock) if out == base.get("out_dir") and len(files) == 1 else {}
+    report = sync_stamps(list(jobs.values()), raw, out, ledger=ledger, root=root)
+    _check_sources(params, jobs, report, root)
+    return Plan(params, raw, files, out, active, read, models, jobs, report)
+
+
+def _check_sources(params, jobs: Mapping[tuple[str, str], Job], report: StampReport, root: Path) -> None:
+    """Before any job starts: if an image dataset must be prepared, the source it reads must be there."""
+    from bnflow.config import require_files
+
+    rerun = {j.stage for j in report.changed + report.unvouched}
+    for (step, key), job in jobs.items():
+        if step != "prepare" or key not in CLASSIFIERS:
+            continue
+        data_missing = not (root / job.outputs[0]).exists()
+        trains = [j for (s, _), j in jobs.items() if s == "train" and params.cell(j.key).model == key]
+        needed = any(j.stage in rerun or not (root / j.outputs[0]).exists() for j in trains)
+        if job.stage in rerun or (data_missing and needed):
+            require_files(params)
+
+
+def messages(p: Plan, root: Path = Path(".")) -> list[str]:
+    """What the Snakefile tells the user before the DAG runs: records it lacks, and checkpoints a probe needs."""
+    out = []
+    if p.report.unvouched:
+        names = ", ".join(j.stage for j in p.report.unvouched)
+        out.append(f"bnflow: no record says which params made {names} (no Snakemake metadata, and dvc.lock does not "
+                   f"match): they will be re-run. To keep them as they are, run `dvc repro --allow-missing` instead "
+                   f"(dvc.lock is DVC's record), or `snakemake --touch` to declare them current.")
+    retrained = {j.key for j in p.report.changed + p.report.unvouched if j.step == "train"}
+    need = [j.key for j in p.report.changed + p.report.unvouched if j.step == "probe" and j.key not in retrained
+            and not (root / p.out / "checkpoints" / j.key).is_dir()]
+    if need:
+        paths = " ".join(f"{p.out}/checkpoints/{c}" for c in need)
+        out.append(f"bnflow: the probe step will re-run for {', '.join(need)}, and it needs their checkpoints, which "
+                   f"are not in the workspace. Restore them with `dvc pull {paths}`, or re-train those cells: "
+                   f"`snakemake --cores all --resources gpu=1 --forcerun "
+                   f"{' '.join(f'{p.out}/runs/{c}' for c in need)}`.")
+    return out

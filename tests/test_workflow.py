@@ -1,0 +1,125 @@
+"""bnflow.dag: the params stamps that let Snakemake re-run exactly what a params edit touches, also on a fresh clone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bnflow.dag import (Job, check_config, lookup, param_keys, read_ledger, select_cells, stamp_path, sync_stamps,
+                        vouched)
+from bnflow.errors import ConfigError
+
+RAW = {"prepare": {"source": "archive", "archive": "a.tgz", "synthetic": {"seed": 0}},
+       "stats": {"seed": 0, "ci_level": 0.95}, "claims": [{"id": "C1"}],
+       "train": {"seeds": {"base": 0, "n": 2}}}
+PREP = Job("prepare", "vgg", ("out/data/vgg.npz",), ("prepare.source", "prepare.archive", "prepare.synthetic"))
+TRAIN = Job("train", "vgg-bn-lr0.1", ("out/runs/vgg-bn-lr0.1",), ("train.seeds",), (PREP,))
+STATS = Job("stats", "", ("out/stats/claims.csv",), ("stats", "claims"))
+
+
+def make_outputs(root: Path, *jobs: Job) -> None:
+    for job in jobs:
+        for o in job.outputs:
+            p = root / o
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("x")
+
+
+def ledger_for(*jobs: Job, raw=RAW, **overrides) -> dict:
+    out = {j.stage: {k: lookup(raw, k) for k in j.keys} for j in jobs}
+    for stage, values in overrides.items():
+        out[stage.replace("__", "@")].update(values)
+    return out
+
+
+def test_first_run_writes_stamps_and_an_edit_makes_only_that_stamp_newer(tmp_path):
+    jobs = [PREP, TRAIN, STATS]
+    r = sync_stamps(jobs, RAW, "out", ledger={}, root=tmp_path, now=1000.0)
+    assert r.changed == r.adopted == r.unvouched == []  # nothing existed: the jobs run for missing outputs
+    before = {j: stamp_path("out", j, tmp_path).stat().st_mtime_ns for j in jobs}
+    for j in jobs:  # an old stamp, as after a completed run
+        os.utime(stamp_path("out", j, tmp_path), (5, 5))
+    edited = yaml.safe_load(yaml.safe_dump(RAW))
+    edited["stats"]["ci_level"] = 0.9
+    r = sync_stamps(jobs, edited, "out", ledger={}, root=tmp_path)
+    assert r.changed == [STATS]
+    assert stamp_path("out", STATS, tmp_path).stat().st_mtime > 5
+    assert stamp_path("out", TRAIN, tmp_path).stat().st_mtime == 5  # untouched: no re-run
+    assert before  # stamps existed after the first sync
+
+
+def test_a_prepare_edit_reaches_training_through_the_chain(tmp_path):
+    sync_stamps([PREP, TRAIN], RAW, "out", ledger={}, root=tmp_path)
+    edited = yaml.safe_load(yaml.safe_dump(RAW))
+    edited["prepare"]["archive"] = "other.tgz"
+    r = sync_stamps([PREP, TRAIN], edited, "out", ledger={}, root=tmp_path)
+    assert set(r.changed) == {PREP, TRAIN}
+
+
+def test_fresh_clone_adopts_outputs_that_dvc_lock_vouches_for_and_dates_them_in_dag_order(tmp_path):
+    make_outputs(tmp_path, TRAIN, STATS)
+    os.utime(tmp_path / "out/runs/vgg-bn-lr0.1", (9e8, 9e8))  # checkout order: the input looks newer
+    os.utime(tmp_path / "out/stats/claims.csv", (8e8, 8e8))
+    r = sync_stamps([PREP, TRAIN, STATS], RAW, "out", ledger=ledger_for(PREP, TRAIN, STATS), root=tmp_path,
+                    now=2e9)
+    assert r.adopted == [TRAIN, STATS] and r.changed == r.unvouched == []
+    assert stamp_path("out", TRAIN, tmp_path).stat().st_mtime == 0
+    t_train = (tmp_path / "out/runs/vgg-bn-lr0.1").stat().st_mtime
+    t_stats = (tmp_path / "out/stats/claims.csv").stat().st_mtime
+    assert t_train < t_stats < 2e9
+
+
+def test_fresh_clone_reruns_what_the_ledger_does_not_vouch_for(tmp_path):
+    make_outputs(tmp_path, TRAIN, STATS)
+    ledger = ledger_for(PREP, TRAIN, STATS, stats={"stats": {"seed": 1, "ci_level": 0.95}})
+    r = sync_stamps([PREP, TRAIN, STATS], RAW, "out", ledger=ledger, root=tmp_path, now=2e9)
+    assert r.unvouched == [STATS] and r.adopted == [TRAIN]
+    assert stamp_path("out", STATS, tmp_path).stat().st_mtime > (tmp_path / "out/stats/claims.csv").stat().st_mtime
+
+
+def test_training_is_not_vouched_for_when_its_prepare_params_changed():
+    ledger = ledger_for(PREP, TRAIN, prepare__vgg={"prepare.archive": "old.tgz"})
+    assert not vouched(TRAIN, RAW, ledger)
+    assert vouched(TRAIN, RAW, ledger_for(PREP, TRAIN))
+    assert not vouched(TRAIN, RAW, ledger_for(TRAIN))  # no record of its prepare step
+
+
+def test_read_ledger_takes_dvc_lock_params(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "stats": {"cmd": "x", "params": {"params.yaml": {"stats": {"seed": 0}, "claims": []}}},
+        "prepare@vgg": {"cmd": "y"}}}))
+    assert read_ledger(lock) == {"stats": {"stats": {"seed": 0}, "claims": []}, "prepare@vgg": {}}
+    assert read_ledger(tmp_path / "absent.lock") == {}
+    lock.write_text("stages: [unclosed")
+    with pytest.raises(ConfigError, match="dvc.lock"):
+        read_ledger(lock)
+
+
+@pytest.mark.parametrize("key", ["out_dir", "train", "typo", "configfile_key"])
+def test_unknown_config_keys_are_refused_by_name(key):
+    with pytest.raises(ConfigError, match=f"--config {key}"):
+        check_config({key: 1})
+    check_config({"overlay": "workflow/quick.yaml", "cells": "dln-*"})
+
+
+def test_cell_selection_by_ids_and_patterns():
+    grid = ["vgg-bn-lr0.1", "vgg-standard-lr0.1", "dln-bn-lr1e-06"]
+    assert select_cells(grid, None) == grid
+    assert select_cells(grid, "dln-*") == ["dln-bn-lr1e-06"]
+    assert select_cells(grid, "dln-bn-lr1e-06, vgg-bn-*") == ["vgg-bn-lr0.1", "dln-bn-lr1e-06"]
+    with pytest.raises(ConfigError, match="matches no cell"):
+        select_cells(grid, "resnet-*")
+
+
+def test_param_keys_name_keys_that_exist_in_params_yaml(raw_params):
+    for step, kw in [("prepare", {"model": "vgg"}), ("prepare", {"model": "dln"}), ("train", {"model": "vgg"}),
+                     ("train", {"model": "dln"}), ("probe", {}), ("lrscan", {"model": "vgg"}),
+                     ("lrscan", {"model": "dln"}), ("summarize", {}), ("stats", {}), ("figures", {})]:
+        for key in param_keys(step, **kw):
+            lookup(raw_params, key)
+    with pytest.raises(ConfigError, match="train.nothing"):
+        lookup(raw_params, "train.nothing")
