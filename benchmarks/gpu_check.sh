@@ -13,7 +13,7 @@ export PYTHONPATH=.
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_train.py tests/test_norms.py tests/test_benchmarks.py \
-  tests/test_probe_step.py 2>&1 | tee "$OUT/gpu_tests.log"
+  tests/test_probe_step.py tests/test_packed.py 2>&1 | tee "$OUT/gpu_tests.log"
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 python3 benchmarks/bench_train.py --device cuda --record "$OUT/RESULTS.md" --json "$OUT/bench.json" \
   2>&1 | tee "$OUT/bench.log"

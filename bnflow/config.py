@@ -75,8 +75,10 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
-class VggConfig:
-    arch: Literal["vgg16", "vgg11"]
+class ImageTrainConfig:
+    """The training keys every image classifier shares (VGG, ResNet): the training loop and the test evaluation read
+    them alike; each model adds the keys that build its network."""
+
     width_mult: float = rule(gt=0, le=4)
     steps: int = rule(ge=1)
     batch_size: int = rule(ge=1)
@@ -90,21 +92,15 @@ class VggConfig:
 
 
 @dataclass(frozen=True)
-class ResNetConfig:
-    """The CIFAR ResNet (bnflow/models/resnet.py, beyond the paper): `depth` = 6n + 2; every other key means what
-    it means in VggConfig (the training loop and the test evaluation read them alike)."""
+class VggConfig(ImageTrainConfig):
+    arch: Literal["vgg16", "vgg11"]
+
+
+@dataclass(frozen=True)
+class ResNetConfig(ImageTrainConfig):
+    """The CIFAR ResNet (bnflow/models/resnet.py, beyond the paper): `depth` = 6n + 2."""
 
     depth: Literal[RESNET_DEPTHS]
-    width_mult: float = rule(gt=0, le=4)
-    steps: int = rule(ge=1)
-    batch_size: int = rule(ge=1)
-    momentum: float = rule(ge=0, le=1)
-    weight_decay: float = rule(ge=0)
-    log_every: int = rule(ge=1)
-    eval_every: int = rule(ge=1)
-    eval_batch_size: int = rule(ge=1)
-    checkpoint_steps: tuple[int, ...] = rule(nonempty=True)
-    precision: Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)

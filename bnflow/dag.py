@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,10 +114,20 @@ def stamp_path(out_dir: str, job: Job, root: Path = Path(".")) -> Path:
     return stamp_dir(out_dir, root) / job.step / f"{job.key or job.step}.json"
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-06` is text; DVC writes dvc.lock as YAML 1.2, where it is a float."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?(?:[0-9][0-9_]*)\.[0-9_]*$"),
+    list("-+0123456789."))
+
+
 def read_ledger(lock: Path) -> dict[str, dict[str, Any]]:
     """{stage: {param key: value}} as dvc.lock recorded them (params.yaml's entries); {} without a dvc.lock."""
     try:
-        data = yaml.safe_load(lock.read_text()) or {}
+        data = yaml.load(lock.read_text(), Loader=_Yaml12Loader) or {}
     except FileNotFoundError:
         return {}
     except (OSError, yaml.YAMLError) as e:
@@ -218,6 +229,27 @@ class Plan:
 
     def data(self, cell: str) -> str:
         return data_path(self.out, self.params.cell(cell).model)
+
+    def will_run(self, step: str, key: str = "", root: Path = Path(".")) -> bool:
+        """Whether this job runs for a reason the stamps or the workspace show: params changed, no record vouches
+        for its outputs, or they are missing; a probe also runs when its cell trains again."""
+        job = self.jobs[(step, key)]
+        rerun = {j.stage for j in self.report.changed + self.report.unvouched}
+        if job.stage in rerun or not all((root / o).exists() for o in job.outputs):
+            return True
+        return step == "probe" and self.will_run("train", key, root)
+
+    def data_inputs(self, step: str, key: str) -> list[str]:
+        """The prepared data as a declared input of a train, probe or lrscan job: when it exists or the job will run.
+
+        Snakemake runs every job whose output is missing, and a missing input re-runs its consumers, ancient or not:
+        declaring the data of a job that will not run would make a clone without the DVC cache prepare the data and
+        re-train every committed cell. A job that runs for another reason (--forcerun) and finds no data says which
+        prepare step to run.
+        """
+        path = data_path(self.out, self.params.cell(key).model if step != "lrscan" else key)
+        # declared whenever it is there too: Snakemake re-runs a job whose recorded set of inputs changes
+        return [path] if Path(path).exists() or self.will_run(step, key) else []
 
 
 def check_config(config: Mapping[str, Any]) -> None:

@@ -63,7 +63,8 @@ class ImageTask:
         self.cfg, self.device, self.base, self.seed = cfg, device, train.seeds.base, seed
         data = load_prepared(data_path)
         self.data_info = {"path": str(data_path), "source": data.source, "source_sha256": data.source_sha256,
-                          "n_train": int(len(data.train_labels)), "n_test": int(len(data.test_labels))}
+                          "n_train": int(len(data.train_labels)), "n_test": int(len(data.test_labels)),
+                          "n_classes": len(data.classes)}
         n_train = len(data.train_labels)
         if cfg.batch_size > n_train:
             raise ConfigError(f"train.{cell.model}.batch_size: {cfg.batch_size} exceeds the {n_train} training images "

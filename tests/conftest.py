@@ -58,3 +58,13 @@ def data_for(cell: str, image_data):
     """The prepared data a cell reads in these tests: the image dataset for image models; None for the DLN, whose
     task then draws the same regression problem its prepared file would hold (bnflow.data.dln)."""
     return None if cell.startswith("dln-") else image_data
+
+
+def copy_params(dst_dir: Path) -> Path:
+    """params.yaml copied into a scratch workspace, its archive path made absolute (a relative one points beside
+    the project, where a workspace under /tmp has no shared/ folder)."""
+    text = (ROOT / "params.yaml").read_text()
+    rel = read_yaml(ROOT / "params.yaml")["prepare"]["archive"]
+    dst = dst_dir / "params.yaml"
+    dst.write_text(text.replace(f"archive: {rel}", f"archive: {(ROOT / rel).resolve()}", 1))
+    return dst

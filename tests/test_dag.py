@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bnflow.dag import param_keys
-from conftest import ROOT
+from conftest import ROOT, copy_params
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -110,8 +110,8 @@ def test_wildcards_cannot_smuggle_shell_or_paths(bad):
 
 
 def _workspace(tmp_path: Path) -> Path:
-    for name in ("Snakefile", "params.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
+    copy_params(tmp_path)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
     return tmp_path
 

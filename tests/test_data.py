@@ -465,6 +465,7 @@ def test_synthetic_is_learnable_by_a_conv_net_but_not_from_one_pixel():
 # ---------------------------------------------------------------- the real offline copy
 
 
+@pytest.mark.slow  # ~10 s idle, over a minute on a loaded 2-core machine (issue 14)
 @pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason=f"{SHARED_ARCHIVE} not present")
 def test_shared_cifar10_jpeg_archive():
     data = from_archive(SHARED_ARCHIVE)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, copy_params
 
 PROFILES = ROOT / "workflow" / "profiles"
 PR_WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
@@ -27,8 +27,8 @@ def load_profile(name: str) -> dict:
 
 def workspace(tmp_path: Path) -> Path:
     """A scratch copy of the workflow files, so a dry run writes nothing (.snakemake/) into the checkout."""
-    for name in ("Snakefile", "params.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
+    copy_params(tmp_path)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
     return tmp_path
 
@@ -129,7 +129,8 @@ def test_pr_workflow_is_valid():
     steps = job["steps"]
     assert all(("uses" in s) != ("run" in s) for s in steps)
     uses = {s["uses"].split("@")[0]: s for s in steps if "uses" in s}
-    assert set(uses) == {"actions/checkout", "actions/setup-python"}  # GitHub's own actions, no third-party service
+    # GitHub's own actions, no third-party service
+    assert set(uses) == {"actions/checkout", "actions/setup-python", "actions/upload-artifact"}
     assert uses["actions/checkout"]["with"]["fetch-depth"] == 0
     assert uses["actions/setup-python"]["with"]["python-version"] == "3.11"
     script = "\n".join(s["run"] for s in steps if "run" in s)

@@ -261,6 +261,7 @@ def test_ci_or_quiet_leave_warnings_and_errors_only(tmp_path, how):
     assert quiet.returncode == 0 and "INFO" not in quiet.stderr and "INFO" not in log.read_text()
 
 
+@pytest.mark.slow  # ~10 s idle, over a minute on a loaded 2-core machine (issue 14)
 def test_sigkill_then_same_command_resumes_and_matches(tmp_path, dataset):
     """A real kill -9 of the CLI mid-run, then the same command: the results equal an uninterrupted run."""
     raw = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ROOT / "workflow" / "quick.yaml"))

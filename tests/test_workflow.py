@@ -94,6 +94,9 @@ def test_read_ledger_takes_dvc_lock_params(tmp_path):
         "prepare@vgg": {"cmd": "y"}}}))
     assert read_ledger(lock) == {"stats": {"stats": {"seed": 0}, "claims": []}, "prepare@vgg": {}}
     assert read_ledger(tmp_path / "absent.lock") == {}
+    # DVC writes YAML 1.2: 1e-06 there is a float (PyYAML's YAML 1.1 would read text and never match params.yaml)
+    lock.write_text("stages:\n  t:\n    params:\n      params.yaml:\n        train.norm: {eps: 1e-05, momentum: 0.1}\n")
+    assert read_ledger(lock) == {"t": {"train.norm": {"eps": 1e-05, "momentum": 0.1}}}
     lock.write_text("stages: [unclosed")
     with pytest.raises(ConfigError, match="dvc.lock"):
         read_ledger(lock)

@@ -1,7 +1,7 @@
 rule lrscan:
     input:
         stamp=lambda w: W.stamp("lrscan", w.model),
-        data=lambda w: ancient(f"{OUT}/data/{w.model}.npz"),
+        data=lambda w: [ancient(p) for p in W.data_inputs("lrscan", w.model)],
     output:
         scan=f"{OUT}/lrscan/{{model}}/scan.csv",
         thresholds=f"{OUT}/lrscan/{{model}}/thresholds.csv",
@@ -10,9 +10,10 @@ rule lrscan:
     log:
         f"{OUT}/logs/lrscan-{{model}}.log",
     params:
+        data=lambda w: f"{OUT}/data/{w.model}.npz",
         out_dir=f"{OUT}/lrscan/{{model}}",
     resources:
         gpu=1,
     shell:
-        "python -m bnflow lrscan {PARAMS_OPT} --model {wildcards.model} --data {input.data:q}"
+        "python -m bnflow lrscan {PARAMS_OPT} --model {wildcards.model} --data {params.data:q}"
         " --output {params.out_dir:q} --log {log:q}"
