@@ -144,6 +144,7 @@ class ModelProbeConfig:
 @dataclass(frozen=True)
 class DenseModelProbeConfig(ModelProbeConfig):
     every: int = rule(ge=0)
+    activation_every: int = rule(ge=0)  # activations at probes whose step is a multiple of it; 0: at every probe
 
 
 @dataclass(frozen=True)
@@ -721,6 +722,10 @@ def _check_cross_fields(p: Params) -> None:
     n_train = p.prepare.synthetic.n_train if synthetic else CIFAR10_TRAIN_IMAGES
     source = "prepare.synthetic.n_train" if synthetic else f"CIFAR-10 from prepare.source {p.prepare.source}"
     for model in MODELS:
+        dense = getattr(p.train.probes, model)
+        if dense.every and dense.activation_every % dense.every:
+            raise ConfigError(f"train.probes.{model}.activation_every: {dense.activation_every} is not a multiple of "
+                              f"train.probes.{model}.every ({dense.every}); activations are recorded at probes only")
         cfg = getattr(p.train, model, None)
         batch = getattr(cfg, "batch_size", None)
         if batch is not None and batch > n_train:

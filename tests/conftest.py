@@ -46,7 +46,9 @@ def tiny_params(tmp_path: Path, **train_overrides) -> Params:
                 "checkpoint_steps": [0, 10, 30]},
         "dln": {"depth": 4, "steps": 40, "log_every": 5, "checkpoint_steps": [0, 20, 40]},
         "execution": {"parallel_runs": 1, "sync_every": 7, "resume_every_s": 0},
-        "probes": {"dln": {"ics_layers": [2, 3], "activation_layers": [1, 4]}},
+        # activations at every probe: the unit tests' runs have few probes
+        "probes": {"vgg": {"activation_every": 0},
+                   "dln": {"ics_layers": [2, 3], "activation_layers": [1, 4], "activation_every": 0}},
     })
     raw["probe"] = merge(raw["probe"], {"dln": {"ics_layers": [2, 3], "activation_layers": [1, 4]}})
     raw["train"] = merge(raw["train"], train_overrides)

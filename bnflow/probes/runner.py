@@ -38,12 +38,19 @@ class ProbePlan:
     lr: float
     direction: str = "gradient"
     curvature: CurvatureConfig | None = None
+    activation_every: int = 0  # dense probes: activations only at steps that are multiples of it (0: every probe)
 
     @classmethod
     def build(cls, model_cfg: ModelProbeConfig, options: ProbeOptions, lr: float, direction: str = "gradient",
               curvature: CurvatureConfig | None = None):
         return cls(tuple(f * lr for f in model_cfg.eta_factors), model_cfg.ics_layers, model_cfg.activation_layers,
-                   options, lr, direction, curvature if curvature is not None and curvature.enabled else None)
+                   options, lr, direction, curvature if curvature is not None and curvature.enabled else None,
+                   getattr(model_cfg, "activation_every", 0))
+
+    def records_activations(self, step: int) -> bool:
+        """Whether the probes at `step` record activations (act_channels, act_units)."""
+        return bool(self.activation_layers and (self.options.n_channels or self.options.n_units)
+                    and (not self.activation_every or step % self.activation_every == 0))
 
 
 def weight_params(model: nn.Module) -> list[nn.Parameter]:
@@ -131,7 +138,7 @@ class Prober:
                                 layer_params=self.model.layer_params, preceding_params=self.preceding, grads=grads,
                                 before_forward=hook, generators=self.generators)
             out["ics"] = ics_rows(results, step)
-        if plan.activation_layers and (plan.options.n_channels or plan.options.n_units):
+        if plan.records_activations(step):
             if acts is None:
                 acts = record_activations(self.model, x, layers=plan.activation_layers,
                                           point=plan.options.activation_point, before_forward=hook,

@@ -259,7 +259,7 @@ def train_loop(task, cfg: LoopConfig, scratch: Path, ckpt_dir: Path, ckpt_meta: 
 
     def eager_step(t: int, batch, probing: bool) -> tuple[torch.Tensor, torch.Tensor]:
         noise_state = [g.get_state() for g in task.generators] if probing else None
-        record = probing and lend
+        record = probing and lend and prober.plan.records_activations(t)
         with autocast, (recording(model, prober.plan.activation_layers, prober.plan.options.activation_point)
                         if record else contextlib.nullcontext()) as acts:
             out = model(batch.x)
