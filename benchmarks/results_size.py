@@ -36,6 +36,7 @@ def vgg_rows(p, variant: str) -> dict[str, int]:
     """Rows each committed table of one paper-scale VGG run holds (dense tables in runs/, probe tables in probes/)."""
     v, dense, probe = p.train.vgg, p.train.probes, p.probe
     probes = v.steps // dense.vgg.every if dense.vgg.every else 0
+    act_probes = v.steps // dense.vgg.activation_every if dense.vgg.activation_every else probes
     n_ckpt = len(v.checkpoint_steps)
     acts = len(dense.vgg.activation_layers)
     bn_layers = 13 if "bn" in variant else 0
@@ -43,8 +44,8 @@ def vgg_rows(p, variant: str) -> dict[str, int]:
         "runs/metrics.csv": v.steps // v.log_every + 1 + v.steps // v.eval_every + 1,
         "runs/landscape.csv": probes * len(dense.vgg.eta_factors),
         "runs/ics.csv": probes * len(dense.vgg.ics_layers),
-        "runs/act_channels.csv": probes * acts * dense.n_channels,
-        "runs/act_units.csv": probes * acts * dense.n_units,
+        "runs/act_channels.csv": act_probes * acts * dense.n_channels,
+        "runs/act_units.csv": act_probes * acts * dense.n_units,
         "probes/landscape.csv": n_ckpt * len(probe.vgg.eta_factors),
         "probes/ics.csv": n_ckpt * len(probe.vgg.ics_layers),
         "probes/act_channels.csv": n_ckpt * len(probe.vgg.activation_layers) * probe.n_channels,
