@@ -165,40 +165,51 @@ def _date(paths: Iterable[str], when: float) -> None:
 
 
 def sync_stamps(jobs: Sequence[Job], raw: Mapping[str, Any], out_dir: str, *, ledger: Mapping[str, Mapping],
-                root: Path = Path("."), now: float | None = None) -> StampReport:
-    """Write every job's params stamp; adopt outputs dvc.lock vouches for on a fresh clone (module docstring).
+                root: Path = Path("."), now: float | None = None, ledger_time: float | None = None) -> StampReport:
+    """Write every job's params stamp; adopt outputs dvc.lock vouches for (module docstring).
+
+    Two cases adopt: no stamp yet (a fresh clone) and the outputs exist, and a stamp of other params while the
+    outputs are no newer than dvc.lock (DVC made them, with the params it recorded: `dvc repro` after Snakemake).
 
     Args:
         jobs: every job of the DAG for this run.
         raw: the merged raw params (params.yaml + overlay) the stamps record.
         out_dir: the run's out_dir (stamps are kept per out_dir).
         ledger: read_ledger(dvc.lock) when out_dir is the one dvc.yaml writes, else {}.
+        ledger_time: dvc.lock's modification time (None without one).
     """
     now = time.time() if now is None else now
     report = StampReport()
+    fresh: list[Job] = []
     for job in jobs:
         path = stamp_path(out_dir, job, root)
         text = _canonical(job.values(raw))
-        if path.exists():
-            if path.read_text() != text:
-                path.write_text(text)
-                report.changed.append(job)
+        existed = path.exists()
+        if existed and path.read_text() == text:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        if not job.outputs or not all(os.path.exists(root / o) for o in job.outputs):
+        outputs = [root / o for o in job.outputs]
+        if not outputs or not all(os.path.exists(o) for o in outputs):
+            if existed:
+                report.changed.append(job)
             continue  # nothing there yet: the job runs because its outputs are missing
-        if vouched(job, raw, ledger):
+        made_by_dvc = not existed or (ledger_time is not None
+                                      and max(os.stat(o).st_mtime for o in outputs) <= ledger_time + 1.0)
+        if made_by_dvc and vouched(job, raw, ledger):
             os.utime(path, (0, 0))  # older than any output: the stamp itself triggers nothing
             report.adopted.append(job)
+            if not existed:
+                fresh.append(job)
+        elif existed:
+            report.changed.append(job)
         else:
             report.unvouched.append(job)
-    if report.adopted:
-        # Checkout dates files in arbitrary order; date the adopted outputs in DAG order so that no adopted output
-        # looks older than an adopted input.
-        base = now - ADOPTED_AGE_S
-        for job in report.adopted:
-            _date((str(root / o) for o in job.outputs), base + RANK[job.step])
+    # Checkout dates files in arbitrary order: date the outputs adopted on a fresh clone in DAG order, so that no
+    # adopted output looks older than an adopted input. (Outputs DVC made carry DVC's own order.)
+    base = now - ADOPTED_AGE_S
+    for job in fresh:
+        _date((str(root / o) for o in job.outputs), base + RANK[job.step])
     return report
 
 
@@ -319,8 +330,10 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
                               tuple(param_keys("stats")))
     jobs[("figures", "")] = Job("figures", "", (f"{out}/figures", f"{out}/REPORT.md", f"{out}/plots"),
                                 tuple(param_keys("figures")))
-    ledger = read_ledger(root / lock) if out == base.get("out_dir") and len(files) == 1 else {}
-    report = sync_stamps(list(jobs.values()), raw, out, ledger=ledger, root=root)
+    use_ledger = out == base.get("out_dir") and len(files) == 1 and (root / lock).exists()
+    ledger = read_ledger(root / lock) if use_ledger else {}
+    report = sync_stamps(list(jobs.values()), raw, out, ledger=ledger, root=root,
+                         ledger_time=(root / lock).stat().st_mtime if use_ledger else None)
     _check_sources(params, jobs, report, root)
     return Plan(params, raw, files, out, active, read, models, jobs, report)
 

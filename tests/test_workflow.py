@@ -126,3 +126,19 @@ def test_param_keys_name_keys_that_exist_in_params_yaml(raw_params):
             lookup(raw_params, key)
     with pytest.raises(ConfigError, match="train.nothing"):
         lookup(raw_params, "train.nothing")
+
+
+def test_a_stale_stamp_adopts_outputs_dvc_made_after_it_but_not_outputs_made_since(tmp_path):
+    """dvc repro after a Snakemake run: the stamp holds older params, dvc.lock (written after the outputs) vouches
+    for the current ones. Outputs newer than dvc.lock were made by someone else: re-run them."""
+    make_outputs(tmp_path, STATS)
+    old = yaml.safe_load(yaml.safe_dump(RAW))
+    old["stats"]["ci_level"] = 0.5
+    sync_stamps([STATS], old, "out", ledger={}, root=tmp_path)
+    out_time = (tmp_path / "out/stats/claims.csv").stat().st_mtime
+    r = sync_stamps([STATS], RAW, "out", ledger=ledger_for(STATS), root=tmp_path, ledger_time=out_time + 5)
+    assert r.adopted == [STATS] and r.changed == []
+    assert stamp_path("out", STATS, tmp_path).stat().st_mtime == 0
+    sync_stamps([STATS], old, "out", ledger={}, root=tmp_path)  # Snakemake edits back and forth
+    r = sync_stamps([STATS], RAW, "out", ledger=ledger_for(STATS), root=tmp_path, ledger_time=out_time - 5)
+    assert r.changed == [STATS] and r.adopted == []
