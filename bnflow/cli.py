@@ -85,11 +85,7 @@ def _run_figures(p: Params, a: argparse.Namespace) -> None:
     from bnflow.figures import render_figures
 
     render_figures(p, a.runs_root, a.output, probes_root=a.probes_root, claims=a.claims, report=a.report,
-                   lrscan_root=a.lrscan_root, force=a.force)
-    if a.plots_output is not None:
-        from bnflow.plotdata import publish_plot_data
-
-        publish_plot_data(p, a.runs_root, a.plots_output, force=a.force)
+                   lrscan_root=a.lrscan_root, plots_out=a.plots_output, force=a.force)
 
 
 def _add_common(sp: argparse.ArgumentParser) -> None:

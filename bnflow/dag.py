@@ -17,6 +17,7 @@ the stamps, which include the params of the job's prepare step.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -148,6 +149,11 @@ class StampReport:
     adopted: list[Job] = field(default_factory=list)     # outputs vouched for by dvc.lock: kept
     unvouched: list[Job] = field(default_factory=list)   # outputs exist but no record: re-run
 
+    @property
+    def reruns(self) -> list[Job]:
+        """The jobs whose existing outputs will be re-run (params changed, or no record vouches for them)."""
+        return self.changed + self.unvouched
+
 
 def vouched(job: Job, raw: Mapping[str, Any], ledger: Mapping[str, Mapping]) -> bool:
     """Whether dvc.lock records exactly the current params for `job` and for every job of its chain."""
@@ -245,8 +251,7 @@ class Plan:
         """Whether this job runs for a reason the stamps or the workspace show: params changed, no record vouches
         for its outputs, or they are missing; a probe also runs when its cell trains again."""
         job = self.jobs[(step, key)]
-        rerun = {j.stage for j in self.report.changed + self.report.unvouched}
-        if job.stage in rerun or not all((root / o).exists() for o in job.outputs):
+        if job in self.report.reruns or not all((root / o).exists() for o in job.outputs):
             return True
         return step == "probe" and self.will_run("train", key, root)
 
@@ -263,14 +268,19 @@ class Plan:
         return [path] if Path(path).exists() or self.will_run(step, key) else []
 
 
+def _param_sections() -> set[str]:
+    from bnflow.config import Params
+
+    return {f.name for f in dataclasses.fields(Params)}
+
+
 def check_config(config: Mapping[str, Any]) -> None:
     """Refuse every --config/--configfile key the Snakefile does not use, naming it (a typo must not be ignored)."""
     for key in config:
         if key not in CONFIG_KEYS:
             known = "; ".join(f"{k}: {v}" for k, v in CONFIG_KEYS.items())
             hint = " Params go in params.yaml or an overlay (--config overlay=FILE), never in --configfile." \
-                if key in ("out_dir", "prepare", "train", "probe", "lrscan", "summarize", "stats", "claims",
-                           "figures") else ""
+                if key in _param_sections() else ""
             raise ConfigError(f"--config {key}: not a key this workflow reads (known: {known}).{hint}")
 
 
@@ -342,7 +352,7 @@ def _check_sources(params, jobs: Mapping[tuple[str, str], Job], report: StampRep
     """Before any job starts: if an image dataset must be prepared, the source it reads must be there."""
     from bnflow.config import require_files
 
-    rerun = {j.stage for j in report.changed + report.unvouched}
+    rerun = {j.stage for j in report.reruns}
     for (step, key), job in jobs.items():
         if step != "prepare" or key not in CLASSIFIERS:
             continue
@@ -361,8 +371,8 @@ def messages(p: Plan, root: Path = Path(".")) -> list[str]:
         out.append(f"bnflow: no record says which params made {names} (no Snakemake metadata, and dvc.lock does not "
                    f"match): they will be re-run. To keep them as they are, run `dvc repro --allow-missing` instead "
                    f"(dvc.lock is DVC's record), or `snakemake --touch` to declare them current.")
-    retrained = {j.key for j in p.report.changed + p.report.unvouched if j.step == "train"}
-    need = [j.key for j in p.report.changed + p.report.unvouched if j.step == "probe" and j.key not in retrained
+    retrained = {j.key for j in p.report.reruns if j.step == "train"}
+    need = [j.key for j in p.report.reruns if j.step == "probe" and j.key not in retrained
             and not (root / p.out / "checkpoints" / j.key).is_dir()]
     if need:
         paths = " ".join(f"{p.out}/checkpoints/{c}" for c in need)

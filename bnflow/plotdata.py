@@ -16,6 +16,7 @@ Folders under the plots root, one CSV per cell (columns step and the value):
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -88,15 +89,16 @@ def write_plot_data(tables: Mapping[str, pd.DataFrame], cells: Mapping[str, str]
     return written
 
 
-def publish_plot_data(params, runs_root: Path, out: Path, *, force: bool = False) -> list[Path]:
-    """The figures step's `--plots-output`: every present cell's curves, published as one folder (one rename)."""
-    import shutil
+def publish_plot_data(tables: Mapping[str, pd.DataFrame], runs: pd.DataFrame, out: Path, *,
+                      force: bool = False) -> list[Path]:
+    """The figures step's `--plots-output`: every present cell's curves, published as one folder (one rename).
 
-    from bnflow.results import load_runs
-
+    Args:
+        tables: the runs' long tables (bnflow.results.load_runs), as the figures step read them.
+        runs: one row per run with its cell and model.
+    """
     check_absent(out, force=force)
-    summaries, tables = load_runs(params, runs_root)
-    cells = dict(zip(summaries.cell, summaries.model)) if len(summaries) else {}
+    cells = dict(zip(runs.cell, runs.model)) if len(runs) else {}
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)  # a killed earlier attempt
     tmp.mkdir(parents=True)

@@ -9,7 +9,6 @@ versioned artefact of their own (DVC caches it) and the DLN cells never wait for
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from bnflow import seeds
 from bnflow.errors import DataError
+from bnflow.io import atomic_path
 
 FORMAT_VERSION = 1
 _META = "meta_json"
@@ -50,17 +50,8 @@ def save_problems(path: Path, base: int, indices: tuple[int, ...], n_samples: in
     meta = {"format_version": FORMAT_VERSION, "base": base, "indices": list(indices), "n_samples": n_samples,
             "dim": dim}
     arrays[_META] = np.array(json.dumps(meta, sort_keys=True))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:  # a handle: np.savez must not append ".npz" to the temporary name
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.savez must not append ".npz"
+        np.savez(handle, **arrays)
     return meta
 
 

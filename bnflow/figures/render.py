@@ -20,6 +20,7 @@ from bnflow.figures.registry import FIGURES, FigureSpec  # noqa: F401 - FigureSp
 from bnflow.figures.report import Entry, report_markdown, report_rst
 from bnflow.figures.select import waiting_note
 from bnflow.io import check_absent, publish_dir, write_text
+from bnflow.plotdata import publish_plot_data
 
 log = logging.getLogger("bnflow.figures")
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def _header(params: Params, data: FigureData) -> str:
 
 def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_root: Path | None = None,
                    claims: Path | None = None, report: Path | None = None, force: bool = False,
-                   lrscan_root: Path | None = None) -> list[Path]:
+                   lrscan_root: Path | None = None, plots_out: Path | None = None) -> list[Path]:
     """The `figures` step: every figure the present cells' data allow, PNG + SVG each, into `out_dir`, and REPORT.md.
 
     Args:
@@ -70,11 +71,12 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
             or None (no lr-threshold figure and table).
         claims: the stats step's claims.md, quoted in REPORT.md; or None.
         report: where REPORT.md goes (e.g. results/REPORT.md, linking into `out_dir`); None: inside `out_dir`.
+        plots_out: folder for the `dvc plots` data (bnflow.plotdata), from the tables read here; None: none.
 
     Returns:
         the written files, in `out_dir`.
     """
-    check_absent(out_dir, *([report] if report is not None else []), force=force)
+    check_absent(out_dir, *(p for p in (report, plots_out) if p is not None), force=force)
     claims_md = None
     if claims is not None:
         try:
@@ -95,6 +97,8 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
         write_text(tmp_dir / "REPORT.md", text)
     written = [out_dir / p.name for p in sorted(tmp_dir.iterdir())]
     publish_dir(tmp_dir, out_dir, force=force)
+    if plots_out is not None:
+        publish_plot_data(data.dense, data.runs, plots_out, force=force)
     if report is None:
         return written
     write_text(report, text)  # after the figures it links to are in place
