@@ -15,11 +15,11 @@ from pathlib import Path
 
 from bnflow.config import Params, load_params
 from bnflow.errors import BnflowError
+from bnflow.io import LOG_FORMAT
 
 log = logging.getLogger("bnflow")
 
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def quiet_requested(flag: bool) -> bool:

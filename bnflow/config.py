@@ -714,6 +714,10 @@ def _check_paths(p: Params) -> None:
 
 def _check_cross_fields(p: Params) -> None:
     """Rules between sections, checked before any job starts rather than when the step that needs them runs."""
+    if p.lrscan.seeds > p.train.seeds.n:
+        raise ConfigError(f"lrscan.seeds: {p.lrscan.seeds} exceeds train.seeds.n ({p.train.seeds.n}); the scan's "
+                          "short runs use the grid's first seed indices (the DLN's prepared problems exist only for "
+                          "those): lower it")
     cv = p.probe.curvature
     if cv.eig_k > cv.eig_iters:
         raise ConfigError(f"probe.curvature.eig_k: {cv.eig_k} exceeds probe.curvature.eig_iters ({cv.eig_iters}); "

@@ -18,6 +18,9 @@ from typing import Any
 
 from bnflow.errors import OutputExistsError
 
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+"""The one format of every step's log lines, the CLI's and its worker processes'."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:

@@ -235,22 +235,28 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
-    """The fingerprint of one run: every param that decides its numbers, and the dataset's hash (image models).
+def run_facts(params: Params, cell_id: str) -> dict[str, Any]:
+    """The params that decide the numbers of `cell_id`'s runs: what a run's fingerprint hashes and its run.json
+    records (with the seed index and the data's hash, which the caller adds).
 
     Params that cannot change the run's numbers stay out, so adding an option leaves existing fingerprints (and resume
     states) valid: train.norm.groups enters only for group_norm, train.plugins only the run's own plug-in (its
     module path and the sha256 of its source file: editing the plug-in is a new run), and only the run's model's
-    sections of train and train.probes.
+    sections of train and train.probes; execution settings and the seed count never.
     """
     cell = params.cell(cell_id)
     train = to_plain(params.train)
     probes = {k: v for k, v in train["probes"].items() if k not in MODELS} | {"model": train["probes"][cell.model]}
     norm = {k: v for k, v in train["norm"].items() if k != "groups" or cell.variant == "group_norm"}
-    facts = {"cell": cell_id, "seed": seed, "base": params.train.seeds.base, "model": train[cell.model],
-             "norm": norm, "noise": train["noise"], "probes": probes, "data": data_sha}
+    facts = {"cell": cell_id, "base": params.train.seeds.base, "model": train[cell.model], "norm": norm,
+             "noise": train["noise"], "probes": probes}
     if cell.variant in train["plugins"]:
         spec = train["plugins"][cell.variant]["module"]
         source = Path(inspect.getsourcefile(plugin_class(spec, f"train.plugins.{cell.variant}.module")))
         facts["plugin"] = {"module": spec, "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
-    return config_hash(facts)
+    return facts
+
+
+def run_fingerprint(params: Params, cell_id: str, seed: int, data_sha: str | None) -> str:
+    """The fingerprint of one run: run_facts, the seed index and the dataset's hash (image models)."""
+    return config_hash(run_facts(params, cell_id) | {"seed": seed, "data": data_sha})

@@ -184,6 +184,10 @@ def test_cross_field_mistakes_are_caught_before_any_job(raw_params, tmp_path, mo
     with pytest.raises(ConfigError, match=r"^probe\.curvature\.eig_k: 30 exceeds probe\.curvature\.eig_iters \(20\)"):
         from_dict(raw)
     raw = copy.deepcopy(raw_params)
+    raw["lrscan"]["seeds"] = raw["train"]["seeds"]["n"] + 1  # the DLN's prepared problems stop at train.seeds.n
+    with pytest.raises(ConfigError, match=r"^lrscan\.seeds: 6 exceeds train\.seeds\.n \(5\)"):
+        from_dict(raw)
+    raw = copy.deepcopy(raw_params)
     raw["prepare"]["source"] = "synthetic"
     raw["train"]["vgg"]["batch_size"] = raw["prepare"]["synthetic"]["n_train"] + 1
     with pytest.raises(ConfigError, match=r"^train\.vgg\.batch_size: 2001 exceeds the 2000 training images "

@@ -151,6 +151,7 @@ def test_default_fingerprints_are_the_ones_recorded_before_the_new_options():
 def test_paper_tasks_build_the_models_and_batches_recorded_before(tmp_path, dataset):
     raw = read_yaml(ROOT / "params.yaml")
     layers = {"vgg": {"ics_layers": [3], "activation_layers": [2]}, "dln": {"ics_layers": [2], "activation_layers": [1]}}
+    raw["lrscan"]["seeds"] = 1  # the scan's seeds are among the grid's
     raw["train"] = merge(raw["train"], {"seeds": {"n": 1}, "dln": {"depth": 4}, "probes": layers,
                                         "vgg": {"arch": "vgg11", "width_mult": 0.125, "batch_size": 16}})
     raw["probe"] = merge(raw["probe"], layers)

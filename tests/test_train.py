@@ -23,7 +23,7 @@ from bnflow.data import make_synthetic, save_prepared
 from bnflow.data.dln import save_problems
 from bnflow.errors import OutputExistsError
 from bnflow.train.cell import train_cell
-from bnflow.tasks import VggTask
+from bnflow.tasks import VggTask, run_facts
 from conftest import ROOT, tiny_params, data_for
 
 VALUE_COLUMNS = ["step", "split", "loss", "acc"]
@@ -62,8 +62,10 @@ def test_vgg_and_dln_learn(tmp_path, dataset):
     assert set(summary) == {"run_id", "cell", "model", "variant", "lr", "seed", "status", "diverged",
                             "diverged_at_step", "n_steps", "step_budget", "fingerprint", "streams", "data", "params"}
     assert "path" not in summary["data"] and summary["data"]["n_train"] == 256
-    assert summary["params"]["cell"] == {"model": "vgg", "variant": "bn", "lr": 0.1}
-    assert set(summary["params"]["train"]) == {"seeds", "norm", "noise", "vgg", "probes"}
+    # the params that decide the run: exactly what its fingerprint hashes (bnflow.tasks.run_facts)
+    assert summary["params"] == run_facts(p, "vgg-bn-lr0.1")
+    assert set(summary["params"]) == {"cell", "base", "model", "norm", "noise", "probes"}
+    assert summary["params"]["model"] == to_plain(p.train.vgg) and "execution" not in summary["params"]
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert set(prov) == {"code_revision", "packages", "device", "platform"}
     assert prov["packages"]["torch"] == torch.__version__.split("+")[0] and prov["device"] == {"device": "cpu"}

@@ -33,17 +33,16 @@ from typing import Any
 import torch
 
 from bnflow import seeds
-from bnflow.cli import LOG_FORMAT
 from bnflow.config import Cell, Params, TrainConfig, from_dict, to_plain
 from bnflow.errors import DataError
 from bnflow.data import load_prepared
 from bnflow.gpu import process_device
-from bnflow.io import check_absent, git_revision, publish_dir, run_provenance, write_json, write_table
+from bnflow.io import LOG_FORMAT, check_absent, git_revision, publish_dir, run_provenance, write_json, write_table
 from bnflow.probes.checkpoint import checkpoint_files, load_checkpoint, write_manifest
 from bnflow.probes.runner import TABLES, Prober, ProbePlan
-from bnflow.tasks import make_task, run_fingerprint
+from bnflow.tasks import make_task, run_facts, run_fingerprint
 from bnflow.train.loop import LoopConfig, RunOutcome, clear_checkpoints, train_loop
-from bnflow.vocab import CLASSIFIERS, MODELS
+from bnflow.vocab import CLASSIFIERS
 
 log = logging.getLogger("bnflow.train")
 METRICS_COLUMNS = ("step", "split", "loss", "acc")
@@ -64,19 +63,6 @@ def loop_config(train: TrainConfig, cell: Cell, seed: int, *, steps: int | None 
         momentum=getattr(model_cfg, "momentum", 0.0), weight_decay=getattr(model_cfg, "weight_decay", 0.0),
         precision=getattr(model_cfg, "precision", "fp32"), sync_every=ex.sync_every, resume_every_s=ex.resume_every_s,
         progress_every_s=ex.progress_every_s, cuda_graphs=ex.cuda_graphs)
-
-
-def run_params(train: TrainConfig, cell: Cell) -> dict[str, Any]:
-    """The resolved params that decide one run's numbers (those of its fingerprint), as run.json records them.
-
-    Execution settings, the other models' sections and the seed count are left out: they do not change this run's
-    numbers, so editing them must not change its committed run.json.
-    """
-    plain = to_plain(train)
-    probes = {k: v for k, v in plain["probes"].items() if k not in MODELS} | {cell.model: plain["probes"][cell.model]}
-    return {"cell": to_plain(cell), "train": {"seeds": {"base": plain["seeds"]["base"]}, "norm": plain["norm"],
-                                              "noise": plain["noise"], cell.model: plain[cell.model],
-                                              "probes": probes}}
 
 
 class SeedScratch:
@@ -184,7 +170,7 @@ def write_run(params: Params, cell_id: str, seed: int, scratch_dir: Path, outcom
         "fingerprint": fingerprint,
         "streams": {s: seeds.stream_seed(train.seeds.base, seed, s) for s in ("init", "data", "noise")},
         "data": {k: v for k, v in data_info.items() if k != "path"},  # never a path: it differs between machines
-        "params": run_params(train, cell),
+        "params": run_facts(params, cell_id),
     }
     timing = {"wall_s": round(outcome.wall_s, 3),
               "steps_per_s": round(outcome.n_steps / max(outcome.wall_s, 1e-9), 2),
