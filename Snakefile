@@ -15,8 +15,17 @@ from bnflow.dag import messages, plan
 from bnflow.errors import BnflowError
 from bnflow.vocab import CELL_WILDCARD
 
+
+def forced_steps():
+    """Steps --forceall or --forcerun RULE runs whatever their outputs: their jobs declare the data they read."""
+    dag = workflow.dag_settings  # set once Snakemake builds the DAG, after it reads this file
+    if dag is None:
+        return set()
+    return {"prepare", "train", "probe", "lrscan"} if dag.forceall else set(dag.forcerun or ())
+
+
 try:
-    W = plan(config)
+    W = plan(config, forced=forced_steps)
 except BnflowError as e:  # a config mistake is the user's to fix: the message, not a traceback
     sys.stderr.write(f"bnflow: error: {e}\n")
     sys.exit(1)

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,9 @@ class Plan:
     models: list[str]   # models with an lr scan in this run
     jobs: dict[tuple[str, str], Job]
     report: StampReport
+    # the steps Snakemake was told to run whatever their outputs (--forceall, --forcerun RULE); a function, as
+    # Snakemake knows them only once it builds the DAG, after the Snakefile is read
+    forced: Callable[[], Iterable[str]] = lambda: ()
 
     def stamp(self, step: str, key: str = "") -> str:
         return str(stamp_path(self.out, self.jobs[(step, key)]))
@@ -251,7 +254,7 @@ class Plan:
         """Whether this job runs for a reason the stamps or the workspace show: params changed, no record vouches
         for its outputs, or they are missing; a probe also runs when its cell trains again."""
         job = self.jobs[(step, key)]
-        if job in self.report.reruns or not all((root / o).exists() for o in job.outputs):
+        if step in self.forced() or job in self.report.reruns or not all((root / o).exists() for o in job.outputs):
             return True
         return step == "probe" and self.will_run("train", key, root)
 
@@ -302,8 +305,12 @@ def select_cells(grid: Sequence[str], spec: str | None) -> list[str]:
     return [c for c in grid if c in chosen]
 
 
-def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("dvc.lock")) -> Plan:
-    """Validate the run's params and --config, choose its cells, build its jobs and sync their stamps."""
+def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("dvc.lock"),
+         forced: Callable[[], Iterable[str]] = lambda: ()) -> Plan:
+    """Validate the run's params and --config, choose its cells, build its jobs and sync their stamps.
+
+    `forced()`: the steps Snakemake runs whatever their outputs (--forceall, --forcerun RULE): they declare their data.
+    """
     from bnflow.config import load_params, merge, read_yaml
 
     check_config(config)
@@ -345,7 +352,7 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     report = sync_stamps(list(jobs.values()), raw, out, ledger=ledger, root=root,
                          ledger_time=(root / lock).stat().st_mtime if use_ledger else None)
     _check_sources(params, jobs, report, root)
-    return Plan(params, raw, files, out, active, read, models, jobs, report)
+    return Plan(params, raw, files, out, active, read, models, jobs, report, forced)
 
 
 def _check_sources(params, jobs: Mapping[tuple[str, str], Job], report: StampReport, root: Path) -> None:

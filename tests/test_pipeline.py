@@ -179,6 +179,9 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
     smk = [PY, "-m", "snakemake", "--cores", "1", "--resources", "gpu=1", "-n"]
     assert job_counts(run(smk, clone)) == {}, "a fresh clone must not re-run committed results"
     assert dvc_changed(clone) == {} and dvc_plan(clone) == set()
+    # a forced run needs the data the clone lacks: it is declared, so prepared, not found missing mid-run
+    forced = job_counts(run([*smk, "--forcerun", "train"], clone))
+    assert forced["prepare"] == 2 and forced["train"] == 2, forced
 
     params = read_yaml(clone / "params.yaml")
     params["stats"]["ci_level"] = 0.9
