@@ -10,6 +10,10 @@ On a fresh clone (no stamps yet) a job whose outputs exist is *adopted* when dvc
 current params: its stamp is dated 1970 and the adopted outputs' file times are set in DAG order (checkout leaves
 them in arbitrary order), so nothing is re-run. Outputs that no record vouches for are re-run, and said so.
 
+Where `dvc repro` left an output older than an input it rewrote with the same content (it skipped the stage),
+Snakemake would re-run that job and those after it: DVC's own status decides, and outputs it finds current are
+dated after their inputs (redate_dvc_checked).
+
 Data inputs (the prepared datasets) are `ancient` for Snakemake: re-creating a dataset byte for byte (a fresh
 clone's `dvc pull`, a re-run of prepare) re-trains nothing; a change of the prepare params reaches training through
 the stamps, which include the params of the job's prepare step.
@@ -26,6 +30,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +89,7 @@ class Job:
     """One job of the DAG: its step, its key (cell id, model or ''), the outputs it writes and the params it reads.
 
     `chain` names jobs whose params this job's stamp includes as well (a prepare step read through an ancient input).
+    `inputs` are the other jobs' outputs its rule declares (not ancient): the file times Snakemake compares.
     """
 
     step: str
@@ -91,6 +97,7 @@ class Job:
     outputs: tuple[str, ...]
     keys: tuple[str, ...]
     chain: tuple[Job, ...] = ()
+    inputs: tuple[str, ...] = ()
 
     @property
     def stage(self) -> str:
@@ -148,6 +155,7 @@ class StampReport:
     changed: list[Job] = field(default_factory=list)     # params differ from the last run: re-run
     adopted: list[Job] = field(default_factory=list)     # outputs vouched for by dvc.lock: kept
     unvouched: list[Job] = field(default_factory=list)   # outputs exist but no record: re-run
+    redated: list[Job] = field(default_factory=list)     # DVC found them current though an input is newer: kept
 
     @property
     def reruns(self) -> list[Job]:
@@ -220,6 +228,57 @@ def sync_stamps(jobs: Sequence[Job], raw: Mapping[str, Any], out_dir: str, *, le
 
 
 _MISSING = object()
+
+
+def _mtime(path: Path) -> float:
+    """A file's or folder's time as Snakemake compares it (a folder Snakemake wrote carries a timestamp file)."""
+    marker = path / ".snakemake_timestamp"
+    return os.stat(marker if path.is_dir() and marker.exists() else path).st_mtime
+
+
+def redate_dvc_checked(jobs: Sequence[Job], report: StampReport, root: Path = Path("."),
+                       dvc_status: Callable[[list[str]], set[str]] | None = None) -> list[Job]:
+    """Date after their inputs the outputs of jobs that DVC finds current although an input is newer.
+
+    `dvc repro` re-runs a stage whose inputs changed and skips the next one when the rewritten input has the same
+    content (re-summarized runs give the same runs.csv). Snakemake compares file times, not contents: it would re-run
+    the skipped stage and everything after it. A job whose params stamp is current and that DVC's own status finds
+    up to date (every dep and out as dvc.lock recorded them) gets its outputs dated just after its newest input,
+    in DAG order. Jobs DVC finds changed are left alone and run.
+
+    `dvc_status(stages)` returns the names of the stages among `stages` that are not up to date (DVC's Repo.status).
+    """
+    rerun = set(report.reruns)
+    ordered = sorted((j for j in jobs if j.inputs and j not in rerun), key=lambda j: RANK[j.step])
+    paths = {j: ([root / i for i in j.inputs], [root / o for o in j.outputs]) for j in ordered}
+    ready = [j for j in ordered if all(p.exists() for p in paths[j][0] + paths[j][1])]
+    made_by = {o: j for j in ready for o in j.outputs}
+    candidates: list[Job] = []
+    for job in ready:  # stale by file times, or fed by a job that will be re-dated
+        ins, outs = paths[job]
+        if (max(map(_mtime, ins)) > min(map(_mtime, outs))
+                or any(made_by.get(i) in candidates for i in job.inputs)):
+            candidates.append(job)
+    if not candidates:
+        return []
+    changed = (dvc_status or partial(_dvc_status, root))([j.stage for j in candidates])
+    redated = []
+    for job in candidates:  # DAG order: an input re-dated above is seen by its consumers
+        ins, outs = paths[job]
+        when = max(map(_mtime, ins)) + 0.01
+        if job.stage in changed or min(map(_mtime, outs)) >= when:  # changed: it runs; or already dated after
+            continue
+        _date([str(o) for o in outs] + [str(o / ".snakemake_timestamp") for o in outs], when)
+        redated.append(job)
+    return redated
+
+
+def _dvc_status(root: Path, stages: list[str]) -> set[str]:
+    """The stages among `stages` that `dvc status` reports (anything changed, missing or not cached)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {name.split(":")[-1] for name in repo.status(targets=stages)}
 
 
 # ---------------------------------------------------------------------------------------------- the Snakefile's plan
@@ -337,20 +396,27 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     for c in read:
         m, prep = model_of[c], jobs[("prepare", model_of[c])]
         jobs[("train", c)] = Job("train", c, (f"{out}/runs/{c}",), tuple(param_keys("train", model=m)), (prep,))
-        jobs[("probe", c)] = Job("probe", c, (f"{out}/probes/{c}",), tuple(param_keys("probe")), (prep,))
+        jobs[("probe", c)] = Job("probe", c, (f"{out}/probes/{c}",), tuple(param_keys("probe")), (prep,),
+                                 (f"{out}/runs/{c}",))
     for m in models:
         jobs[("lrscan", m)] = Job("lrscan", m, tuple(f"{out}/lrscan/{m}/{f}" for f in LRSCAN_FILES),
                                   tuple(param_keys("lrscan", model=m)),
                                   (jobs[("prepare", m)],))
-    jobs[("summarize", "")] = Job("summarize", "", (f"{out}/stats/runs.csv",), tuple(param_keys("summarize")))
+    cell_outs = tuple(f"{out}/{d}/{c}" for d in ("runs", "probes") for c in read)
+    jobs[("summarize", "")] = Job("summarize", "", (f"{out}/stats/runs.csv",), tuple(param_keys("summarize")),
+                                  inputs=cell_outs)
     jobs[("stats", "")] = Job("stats", "", tuple(f"{out}/stats/claims.{e}" for e in ("csv", "json", "md")),
-                              tuple(param_keys("stats")))
+                              tuple(param_keys("stats")), inputs=(f"{out}/stats/runs.csv",))
     jobs[("figures", "")] = Job("figures", "", (f"{out}/figures", f"{out}/REPORT.md", f"{out}/plots"),
-                                tuple(param_keys("figures")))
+                                tuple(param_keys("figures")),
+                                inputs=(*cell_outs, *(f"{out}/lrscan/{m}/thresholds.csv" for m in models),
+                                        f"{out}/stats/claims.md"))
     use_ledger = out == base.get("out_dir") and len(files) == 1 and (root / lock).exists()
     ledger = read_ledger(root / lock) if use_ledger else {}
     report = sync_stamps(list(jobs.values()), raw, out, ledger=ledger, root=root,
                          ledger_time=(root / lock).stat().st_mtime if use_ledger else None)
+    if use_ledger:  # outputs `dvc repro` checked and kept while it rewrote an input with the same content
+        report.redated = redate_dvc_checked(list(jobs.values()), report, root)
     _check_sources(params, jobs, report, root)
     return Plan(params, raw, files, out, active, read, models, jobs, report, forced)
 

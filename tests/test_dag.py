@@ -52,6 +52,26 @@ def test_snakemake_and_dvc_describe_the_same_dag():
     assert smk == dvc, f"only in Snakemake: {smk - dvc}\nonly in DVC: {dvc - smk}"
 
 
+def test_the_plan_knows_the_inputs_each_rule_declares(tmp_path):
+    """bnflow.dag dates outputs after the inputs Snakemake compares (Job.inputs): they must be the rules' own."""
+    from bnflow.dag import plan
+
+    proc = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--cores", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    declared, ins = {}, set()
+    for line in proc.stdout.splitlines():  # a job prints its input line, then its output line
+        if m := re.match(r"^\s+input: (.*)$", line):
+            ins = {i.strip() for i in m.group(1).split(",")} - {""}
+        elif m := re.match(r"^\s+output: (.*)$", line):
+            declared[m.group(1).split(",")[0].strip()] = {i for i in ins if "/bnflow-params/" not in i
+                                                           and "/data/" not in i}
+            ins = set()
+    jobs = plan({}, root=ROOT).jobs.values()
+    mine = {j.outputs[0]: set(j.inputs) for j in jobs}
+    assert {o: i for o, i in declared.items() if o in mine} == {o: mine[o] for o in declared if o in mine}
+    assert {j.step for j in jobs if j.inputs} == {"probe", "summarize", "stats", "figures"}
+
+
 def test_every_grid_cell_is_one_gpu_training_job():
     from bnflow.config import load_params
 

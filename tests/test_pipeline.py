@@ -174,9 +174,16 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
     run([PY, "-m", "dvc", "repro", "-f", "-q"], origin)
     assert run(["git", "status", "--porcelain", "--", "results", "dvc.lock"], origin).strip() == ""
 
+    # Snakemake and DVC in turns: DVC re-runs summarize, gets the same runs.csv and skips stats; Snakemake, which
+    # compares file times, must not re-run stats and figures for that
+    smk = [PY, "-m", "snakemake", "--cores", "1", "--resources", "gpu=1", "-n"]
+    assert job_counts(run(smk, origin)) == {}  # its params stamps now exist
+    run([PY, "-m", "dvc", "repro", "-f", "-s", "summarize"], origin)
+    assert "Stage 'stats' didn't change" in run([PY, "-m", "dvc", "repro"], origin)
+    assert job_counts(run(smk, origin)) == {}
+
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
-    smk = [PY, "-m", "snakemake", "--cores", "1", "--resources", "gpu=1", "-n"]
     assert job_counts(run(smk, clone)) == {}, "a fresh clone must not re-run committed results"
     assert dvc_changed(clone) == {} and dvc_plan(clone) == set()
     # a forced run needs the data the clone lacks: it is declared, so prepared, not found missing mid-run

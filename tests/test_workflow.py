@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnflow.dag import (Job, check_config, lookup, param_keys, read_ledger, select_cells, stamp_path, sync_stamps,
-                        vouched)
+from bnflow.dag import (Job, StampReport, check_config, lookup, param_keys, read_ledger, redate_dvc_checked,
+                        select_cells, stamp_path, sync_stamps, vouched)
 from bnflow.errors import ConfigError
 
 RAW = {"prepare": {"source": "archive", "archive": "a.tgz", "synthetic": {"seed": 0}},
@@ -100,6 +100,51 @@ def test_read_ledger_takes_dvc_lock_params(tmp_path):
     lock.write_text("stages: [unclosed")
     with pytest.raises(ConfigError, match="dvc.lock"):
         read_ledger(lock)
+
+
+SUMMARIZE = Job("summarize", "", ("out/stats/runs.csv",), ("summarize",), inputs=("out/runs/vgg-bn-lr0.1",))
+STATS_IN = Job("stats", "", ("out/stats/claims.csv",), ("stats",), inputs=("out/stats/runs.csv",))
+FIGURES = Job("figures", "", ("out/figures",), ("figures",), inputs=("out/runs/vgg-bn-lr0.1", "out/stats/claims.csv"))
+
+
+def dvc_skipped_stats(root: Path) -> None:
+    """The file times `dvc repro` leaves when summarize re-ran with the same result and stats was skipped."""
+    make_outputs(root, TRAIN, SUMMARIZE, STATS_IN)
+    (root / "out/figures").mkdir()
+    for path, t in [("out/runs/vgg-bn-lr0.1", 100), ("out/stats/claims.csv", 200), ("out/figures", 250),
+                    ("out/stats/runs.csv", 300)]:
+        os.utime(root / path, (t, t))
+
+
+def test_outputs_dvc_found_current_are_dated_after_a_rewritten_input_and_so_are_their_consumers(tmp_path):
+    dvc_skipped_stats(tmp_path)
+    asked = []
+    done = redate_dvc_checked([TRAIN, SUMMARIZE, STATS_IN, FIGURES], StampReport(), tmp_path,
+                              dvc_status=lambda stages: asked.append(stages) or set())
+    assert asked == [["stats", "figures"]]  # figures reads claims, which is re-dated: DVC is asked for both at once
+    assert done == [STATS_IN, FIGURES]
+    t = {p: (tmp_path / p).stat().st_mtime for p in ("out/stats/runs.csv", "out/stats/claims.csv", "out/figures")}
+    assert 300 < t["out/stats/claims.csv"] < t["out/figures"]
+    assert (tmp_path / "out/runs/vgg-bn-lr0.1").stat().st_mtime == 100  # nothing upstream moves
+
+
+def test_outputs_dvc_finds_changed_keep_their_times_and_run(tmp_path):
+    dvc_skipped_stats(tmp_path)
+    done = redate_dvc_checked([TRAIN, SUMMARIZE, STATS_IN, FIGURES], StampReport(), tmp_path,
+                              dvc_status=lambda stages: {"stats"})
+    assert done == []  # and figures, already newer than what it read, runs after stats does
+    assert (tmp_path / "out/stats/claims.csv").stat().st_mtime == 200
+
+
+def test_nothing_stale_asks_dvc_nothing_and_a_changed_stamp_is_never_redated(tmp_path):
+    dvc_skipped_stats(tmp_path)
+    os.utime(tmp_path / "out/stats/runs.csv", (150, 150))
+    never = lambda stages: pytest.fail(f"asked DVC about {stages}")  # noqa: E731
+    assert redate_dvc_checked([TRAIN, SUMMARIZE, STATS_IN, FIGURES], StampReport(), tmp_path, never) == []
+    os.utime(tmp_path / "out/stats/runs.csv", (300, 300))
+    report = StampReport(changed=[STATS_IN])  # its params changed: it must run, whatever DVC says
+    assert redate_dvc_checked([STATS_IN], report, tmp_path, never) == []
+    assert (tmp_path / "out/stats/claims.csv").stat().st_mtime == 200
 
 
 @pytest.mark.parametrize("key", ["out_dir", "train", "typo", "configfile_key"])
