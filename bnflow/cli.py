@@ -7,19 +7,19 @@ writes only the outputs it is given on the command line.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bnflow.config import Params, load_params
-from bnflow.errors import BnflowError
-from bnflow.io import LOG_FORMAT
+from bnflow.errors import BnflowError, ConfigError
+from bnflow.io import LOG_FORMAT, out_of_space, step_lock
 
 log = logging.getLogger("bnflow")
-
-
 
 
 def quiet_requested(flag: bool) -> bool:
@@ -180,21 +180,136 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text)
         add_args(sp)
         _add_common(sp)
+        sp.epilog = (f"Under `dvc repro`: python -m bnflow {name} --params params.yaml --dvc-stage \"$DVC_STAGE\" "
+                     "[--force] (every path from params.yaml's out_dir, see bnflow.cli.stage_argv)")
     return parser
 
 
+# ------------------------------------------------------------------------------------------------ DVC's commands
+DVC_STAGE = re.compile(r"(?:[^@]*dvc\.yaml:)?(?P<step>[a-z]+)(?:@(?P<key>.+))?", re.S)
+"""A DVC stage address as DVC puts it in $DVC_STAGE: [path/dvc.yaml:]step[@key]."""
+
+
+def _dvc_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bnflow STEP --dvc-stage", add_help=False)
+    p.add_argument("step", choices=STEPS)
+    p.add_argument("--params", action="append", required=True)
+    p.add_argument("--dvc-stage", required=True)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def stage_argv(step: str, stage: str, params: Params, params_files: Sequence[str]) -> list[str]:
+    """The full command line of the DVC stage `stage` (its $DVC_STAGE): what Snakemake's rule runs for that job.
+
+    dvc.yaml's commands name no params value: DVC pastes `${...}` values into a shell command before bnflow can
+    validate them, so a grid cell key or an out_dir holding shell text would run (issue 26). They pass the stage's
+    name through the environment instead ("$DVC_STAGE", expanded by the shell as one word, never parsed again), and
+    bnflow builds the paths here, from params validated first, exactly as the Snakefile's rules template them and
+    dvc.yaml declares them (tests/test_dag.py compares both tools' commands through this function).
+
+    Raises:
+        ConfigError: the stage is not one of `step`, or its key is not a cell of train.grid / a model family.
+    """
+    from bnflow.dag import data_path
+    from bnflow.vocab import MODELS
+
+    m = DVC_STAGE.fullmatch(stage)
+    key = m["key"] if m else None
+    if m is None or m["step"] != step:
+        raise ConfigError(f"--dvc-stage {stage!r}: not a stage of the {step} step (dvc.yaml passes \"$DVC_STAGE\")")
+    out = params.out_dir
+    if step in ("train", "probe"):
+        if key not in params.train.grid:
+            raise ConfigError(f"train.grid: no cell {key!r} (DVC stage {stage!r}); a cell id is model-variant-lr")
+        args = ["--cell", key, "--data", data_path(out, params.cell(key).model)]
+        if step == "train":
+            args += ["--runs-dir", f"{out}/runs/{key}", "--checkpoints-dir", f"{out}/checkpoints/{key}"]
+        else:
+            args += ["--checkpoints-dir", f"{out}/checkpoints/{key}", "--output", f"{out}/probes/{key}",
+                     "--full-output", f"{out}/probes_full/{key}"]
+        logfile = f"{out}/logs/{step}/{key}.log"
+    elif step in ("prepare", "lrscan"):
+        if key not in MODELS:
+            raise ConfigError(f"--dvc-stage {stage!r}: {key!r} is not a model family ({', '.join(MODELS)})")
+        args = ["--model", key] + (["--output", data_path(out, key)] if step == "prepare" else
+                                   ["--data", data_path(out, key), "--output", f"{out}/lrscan/{key}"])
+        logfile = f"{out}/logs/{step}-{key}.log"
+    else:
+        if key is not None:
+            raise ConfigError(f"--dvc-stage {stage!r}: the {step} step has no per-key stages")
+        args = {"summarize": ["--runs-root", f"{out}/runs", "--probes-root", f"{out}/probes",
+                              "--output", f"{out}/stats/runs.csv"],
+                "stats": ["--runs", f"{out}/stats/runs.csv", "--output", f"{out}/stats"],
+                "figures": ["--runs-root", f"{out}/runs", "--probes-root", f"{out}/probes",
+                            "--lrscan-root", f"{out}/lrscan", "--claims", f"{out}/stats/claims.md",
+                            "--output", f"{out}/figures", "--report", f"{out}/REPORT.md",
+                            "--plots-output", f"{out}/plots"]}[step]
+        logfile = f"{out}/logs/{step}.log"
+    return [step, *(a for f in params_files for a in ("--params", str(f))), *args, "--log", logfile]
+
+
+def _expand_dvc_stage(argv: list[str]) -> list[str]:
+    """argv with `--dvc-stage STAGE` replaced by the stage's full command line (stage_argv); argv as is without."""
+    if not any(a == "--dvc-stage" or a.startswith("--dvc-stage=") for a in argv):
+        return argv
+    a = _dvc_parser().parse_args(argv)
+    params = load_params(*a.params, check_files=False)  # validated before any path is built from it
+    return [*stage_argv(a.step, a.dvc_stage, params, a.params), *(["--force"] if a.force else []),
+            *(["--quiet"] if a.quiet else [])]
+
+
+# ------------------------------------------------------------------------------------ one lock for both tools
+def step_outputs(a: argparse.Namespace) -> list[Path]:
+    """The outputs a step's command line names, its first one first (the key of its lock, bnflow.io.step_lock)."""
+    outs = {"prepare": [a.output] if a.step == "prepare" else [],
+            "train": [getattr(a, "runs_dir", None), getattr(a, "checkpoints_dir", None)],
+            "probe": [a.output, getattr(a, "full_output", None)] if a.step == "probe" else [],
+            "lrscan": [a.output] if a.step == "lrscan" else [],
+            "summarize": [a.output] if a.step == "summarize" else [],
+            "stats": [a.output / f"claims.{e}" for e in ("csv", "json", "md")] if a.step == "stats" else [],
+            "figures": [a.output, getattr(a, "report", None), getattr(a, "plots_output", None)]}[a.step]
+    return [Path(p) for p in outs if p is not None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _expand_dvc_stage(argv)
+    except BnflowError as e:  # params refused before any command is built from them
+        print(f"bnflow: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     args.quiet = quiet_requested(args.quiet)
     file_handler = _setup_logging(args.log, args.quiet)
     try:
         # only the prepare step reads the files params name (prepare.archive): the others run without them
         params = load_params(*args.params, check_files=args.step == "prepare")
-        STEPS[args.step][2](params, args)
+        outputs = step_outputs(args)
+        wait = lambda: log.info("%s: another run of this step (Snakemake or dvc repro) is writing it; waiting for "  # noqa: E731
+                                "it to finish", outputs[0])
+        with step_lock(outputs[0], outputs, on_wait=wait) as written_meanwhile:
+            if written_meanwhile and not args.force:
+                log.info("%s: written by the other run while this one waited; this run replaces it on success",
+                         outputs[0])
+                args.force = True
+            STEPS[args.step][2](params, args)
+    except OSError as e:
+        if not out_of_space(e):
+            raise
+        # a full disk: every output is written to a temporary file and renamed into place once complete, so
+        # nothing half written was published and the same command works once there is space again
+        return _report(args, file_handler, f"{e.filename or 'a file'}: {e.strerror} ({errno.errorcode.get(e.errno)}): "
+                       "no partly written output was published; free some space and run the same command again")
     except BnflowError as e:
-        # once on the console (no log-line copy of it), and in the log file for whoever reads the log later
-        if file_handler is not None:
-            file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
-        print(f"bnflow {args.step}: error: {e}", file=sys.stderr)
-        return 2
+        return _report(args, file_handler, e)
     return 0
+
+
+def _report(args: argparse.Namespace, file_handler: logging.FileHandler | None, e: object) -> int:
+    """One line on the console (no log-line copy of it), and in the log file for whoever reads the log later."""
+    if file_handler is not None:
+        file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
+    print(f"bnflow {args.step}: error: {e}", file=sys.stderr)
+    return 2

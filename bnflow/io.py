@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
+import hashlib
 import json
 import numbers
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bnflow.errors import OutputExistsError
+from bnflow.errors import ConfigError, OutputExistsError
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 """The one format of every step's log lines, the CLI's and its worker processes'."""
@@ -41,6 +47,26 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
+    """Yield temporary paths for several files of one step; rename them all into place only once all are written.
+
+    A step whose outputs go together (claims.csv, .json, .md) then never leaves some of them new and some old when
+    it fails half way (a full disk): either every file is replaced, or none is, and the same command runs again.
+    """
+    paths = [Path(p) for p in paths]
+    scratch = paths[0].parent / f".{paths[0].stem}.tmp-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        tmps = [scratch / p.name for p in paths]
+        yield tmps
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -98,6 +124,66 @@ def check_absent(*paths: Path, force: bool = False) -> None:
     for p in paths:
         if p.exists() and not force and (p.is_file() or any(p.iterdir())):
             raise OutputExistsError(f"{p}: already holds completed results; delete it (or pass --force) to redo them")
+
+
+OUTPUT_LOCK_DIR_ENV = "BNFLOW_OUTPUT_LOCK_DIR"
+"""Where the step locks live (default: a private folder of this user in the temp folder, one per host)."""
+
+
+def _output_lock_dir() -> Path:
+    """The step-lock folder, created 0700; refused unless it is a real folder of this user that no one else can
+    write to (a lock file someone else planted could block or fool the steps)."""
+    path = Path(os.environ.get(OUTPUT_LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"bnflow-output-locks-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = os.lstat(path)
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise ConfigError(f"{path}: the step-lock folder must be a folder of yours that no one else can write to "
+                          f"(not a symbolic link); `chmod 700 {path}` or set {OUTPUT_LOCK_DIR_ENV} to another folder")
+    return path
+
+
+@contextlib.contextmanager
+def step_lock(primary: Path, outputs: list[Path], on_wait=None) -> Iterator[bool]:
+    """Hold the one lock of a step's outputs while the step runs; yield whether another run wrote them meanwhile.
+
+    Snakemake and `dvc repro` run the same `python -m bnflow <step>` commands and share no lock of their own: two
+    runs of one step at once (one per tool) would each find, delete or half-replace the other's outputs. Every step
+    takes this lock (an exclusive `flock`, keyed by the resolved path of its first output, in a private folder of
+    this user: the same for both tools) before it looks at its outputs, and keeps it until they are published, so
+    the two runs take turns. The second one then finds outputs newer than its own start: the other run's fresh
+    results, which it replaces on success instead of refusing them (and so failing, after which Snakemake would
+    delete them as outputs of a failed job). One host: a cluster's jobs on other hosts do not see this lock.
+
+    Args:
+        primary: the step's first output (the lock's key).
+        outputs: every output path, checked for writes by another run while this one waited.
+        on_wait: called with no argument when the lock is busy, before waiting (to log that).
+    """
+    started = time.time()
+    digest = hashlib.sha256(str(Path(primary).resolve()).encode()).hexdigest()[:20]
+    lock_path = _output_lock_dir() / f"{digest}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        # ctime: a folder published by a rename keeps the mtime of its last entry, but the rename sets its ctime
+        written = waited and any(os.path.lexists(p) and os.lstat(p).st_ctime >= started - 1.0 for p in outputs)
+        yield written
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def out_of_space(e: OSError) -> bool:
+    """Whether an OSError means the disk (or the user's quota) is full."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def git_revision(cwd: str | Path = ".") -> str:

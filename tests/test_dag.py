@@ -35,11 +35,24 @@ def snakemake_jobs(*extra: str, cwd: Path = ROOT) -> set[tuple[str, tuple[str, .
     return jobs
 
 
+def dvc_argv(stage: str, cmd: str) -> tuple[str, ...]:
+    """A stage's command as it runs: its `--dvc-stage "$DVC_STAGE"` expanded by bnflow (dvc.yaml names no params
+    value, issue 26), and without the `--force` that replaces outputs DVC keeps in place (`persist`)."""
+    from bnflow.cli import stage_argv
+    from bnflow.config import load_params
+
+    argv = shlex.split(cmd)
+    assert argv[-3:] == ["--dvc-stage", "$DVC_STAGE", "--force"], cmd
+    files = argv[argv.index("--params") + 1:-3:2]
+    return (*argv[:3], *stage_argv(argv[3], stage, load_params(*(ROOT / f for f in files), check_files=False),
+                                   files))
+
+
 def dvc_stages() -> dict[str, tuple[str, tuple[str, ...], frozenset[str], set[str]]]:
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        return {s.name: (s.name.split("@")[0], tuple(shlex.split(s.cmd)),
+        return {s.name: (s.name.split("@")[0], dvc_argv(s.name, s.cmd),
                          frozenset(str(o.def_path) for o in s.outs) | frozenset(str(m.def_path) for m in s.metrics),
                          {k for p in s.deps if hasattr(p, "params") for k in (p.params or [])})
                 for s in repo.index.stages}

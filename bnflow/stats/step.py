@@ -8,7 +8,7 @@ import pandas as pd
 
 from bnflow.config import Params
 from bnflow.errors import DataError
-from bnflow.io import check_absent
+from bnflow.io import atomic_files, check_absent
 from bnflow.stats.evaluate import evaluate_claims
 from bnflow.stats.write import write_claims_csv, write_claims_json, write_claims_md
 
@@ -26,7 +26,8 @@ def run_stats(params: Params, runs_csv: Path, out_dir: Path, *, force: bool = Fa
         raise DataError(f"{runs_csv}: unreadable runs table ({e}); run the summarize step first") from None
     table = evaluate_claims(runs, params.claims, seed=params.stats.seed, ci_level=params.stats.ci_level,
                             grid=tuple(params.train.grid))
-    write_claims_csv(table, outputs[0])
-    write_claims_json(table, outputs[1])
-    write_claims_md(table, outputs[2])
+    with atomic_files(outputs) as tmp:  # all three or none: a full disk half way leaves the old set (issue 26)
+        write_claims_csv(table, tmp[0])
+        write_claims_json(table, tmp[1])
+        write_claims_md(table, tmp[2])
     return table
