@@ -6,6 +6,7 @@ formulas, numpy statistics, hashlib, pixels kept while writing lossless PNGs).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -476,3 +477,42 @@ def test_shared_cifar10_jpeg_archive():
     assert data.source_sha256 == SHARED_SHA256
     # JPEG re-encoding moves CIFAR-10's published channel means (0.4914, 0.4822, 0.4465) only slightly
     np.testing.assert_allclose(data.mean, (0.4914, 0.4822, 0.4465), atol=3e-3)
+
+
+# ------------------------------------------------------------------------------------------ issue 26: tar bombs
+def _bomb(path: Path, name: str, size: int) -> Path:
+    """A .tar.gz whose one member header declares `size` bytes and carries none of them (nothing allocated)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as gz:
+        gz.write(info.tobuf(format=tarfile.GNU_FORMAT))
+    return path
+
+
+@pytest.mark.parametrize("name", ["cifar-10-batches-py/data_batch_1", "train/cat/a.png", "junk/skipped.bin",
+                                  ".hidden"])
+def test_a_member_declaring_gigabytes_is_refused_at_its_header(tmp_path, name):
+    """A 4.4 MB .tar.gz holding a 4 GB member reached 4.7 GB of memory before it was refused (read whole)."""
+    bomb = _bomb(tmp_path / "bomb.tar.gz", name, 4 << 30)
+    with pytest.raises(DataError, match=rf"bomb.tar.gz: .*{re.escape(name)} declares 4,294,967,296 bytes.*"
+                                        r"refused before reading"):
+        from_archive(bomb)
+
+
+def test_archive_members_are_capped_one_by_one_and_in_all(image_tree, tmp_path, monkeypatch):
+    import bnflow.data.sources as sources
+
+    root, expected = image_tree
+    archive = _tar(root, tmp_path / "mini.tar.gz", prefix="top")
+    sizes = [m.size for m in tarfile.open(archive) if m.isfile()]
+    monkeypatch.setattr(sources, "MEMBER_CAP", {"official": 1 << 20, "image": max(sizes) - 1})
+    with pytest.raises(DataError, match=r"more than a 32x32 image file can hold"):
+        from_archive(archive)
+    with pytest.raises(DataError, match=r"more than a 32x32 image file can hold"):
+        from_archive(root)  # the same caps for a folder
+    monkeypatch.setattr(sources, "MEMBER_CAP", {"official": 1 << 20, "image": max(sizes)})
+    monkeypatch.setattr(sources, "TOTAL_CAP", sum(sizes) - 1)
+    with pytest.raises(DataError, match=r"declare more than .* bytes in all"):
+        from_archive(archive)
+    monkeypatch.setattr(sources, "TOTAL_CAP", sum(sizes))
+    _check_tree_result(from_archive(archive), expected)  # exactly at the caps: read as before

@@ -36,6 +36,12 @@ _LAYOUTS = (
     ".tar/.tar.gz/.tgz, optionally under one top-level folder"
 )
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+MEMBER_CAP = {"official": 64 << 20, "image": 1 << 20}
+"""The most bytes one member may declare: an official batch holds 30.7 MB, a 32x32 image file a few kB (the shared
+JPEG archive's largest is 1.1 kB). Members are read whole into memory: a declared size is checked before reading."""
+TOTAL_CAP = 1 << 30
+"""The most bytes all files of a source may declare together (the official archive: 178 MB; 60,000 JPEGs: 55 MB).
+A few MB of gzip can declare gigabytes (a tar bomb): refused at the header, before anything is read or skipped."""
 
 
 def from_torchvision(root: Path) -> PreparedData:
@@ -164,12 +170,35 @@ def _wanted(parts: tuple[str, ...]) -> bool:
     return parts[-1] in _OFFICIAL_MEMBERS or PurePosixPath(parts[-1]).suffix.lower() in _IMAGE_SUFFIXES
 
 
+class _Budget:
+    """The declared sizes of a source's files, checked against MEMBER_CAP and TOTAL_CAP before any is read."""
+
+    def __init__(self, path: Path):
+        self.path, self.total = path, 0
+
+    def check(self, name: str, size: int, wanted: bool) -> None:
+        self.total += size
+        kind = "official" if PurePosixPath(name).name in _OFFICIAL_MEMBERS else "image"
+        if wanted and size > MEMBER_CAP[kind]:
+            what = "an official CIFAR-10 batch" if kind == "official" else "a 32x32 image file"
+            raise DataError(f"{self.path}: member {name} declares {size:,} bytes, more than {what} can hold "
+                            f"({MEMBER_CAP[kind]:,} at most); refused before reading it: a damaged or hostile "
+                            f"archive ({_LAYOUTS})")
+        if self.total > TOTAL_CAP:
+            raise DataError(f"{self.path}: its files declare more than {TOTAL_CAP:,} bytes in all ({name} declares "
+                            f"{size:,} bytes) where CIFAR-10 needs under 200 MB; refused before reading further: a "
+                            f"damaged or hostile archive ({_LAYOUTS})")
+
+
 def _collect_tar(path: Path) -> _Found:
     found = _Found()
+    budget = _Budget(path)
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 parts = _clean_parts(member.name)
+                if member.isfile():  # every file, read or skipped: skipping a huge one decompresses it too
+                    budget.check(member.name, member.size, parts is not None and _wanted(parts))
                 if parts is None:
                     continue
                 if member.isdir():
@@ -200,6 +229,7 @@ def _check_complete(tar: tarfile.TarFile) -> None:
 
 def _collect_directory(root: Path) -> _Found:
     found = _Found()
+    budget = _Budget(root)
     try:
         for folder, subdirs, files in os.walk(root):
             rel = Path(folder).relative_to(root).parts
@@ -208,6 +238,7 @@ def _collect_directory(root: Path) -> _Found:
             for name in sorted(files):
                 parts = _clean_parts("/".join((*rel, name)))
                 if parts is not None and _wanted(parts):
+                    budget.check("/".join(parts), (Path(folder) / name).stat().st_size, True)
                     found.files[parts] = (Path(folder) / name).read_bytes()
     except OSError as exc:
         raise DataError(f"{root}: cannot read the dataset folder ({exc}); check its permissions") from exc
