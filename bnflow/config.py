@@ -7,11 +7,15 @@ take. Overlays (e.g. workflow/quick.yaml) are merged key by key on top of the ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
+import inspect
+import io
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,12 +55,22 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class SeedsConfig:
-    base: int = rule(ge=0)
-    n: int = rule(ge=1)
+    """Seed indices per model family: a grid cell of model m trains seeds 0..n[m]-1.
 
-    @property
-    def indices(self) -> tuple[int, ...]:
-        return tuple(range(self.n))
+    params.yaml gives one count per family (DVC tracks `train.seeds.n.<model>` per stage, so adding DLN seeds
+    re-runs no VGG cell); an overlay may give one int for every family (`seeds: {n: 2}`), expanded at load.
+    """
+
+    base: int = rule(ge=0)
+    n: dict[str, int]
+
+    def count(self, model: str) -> int:
+        """How many seeds the cells of `model` train."""
+        return self.n[model]
+
+    def indices(self, model: str) -> tuple[int, ...]:
+        """The seed indices 0..n[model]-1 of the cells of `model`."""
+        return tuple(range(self.n[model]))
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,15 @@ class ExecutionConfig:
     resume_every_s: float = rule(ge=0)
     progress_every_s: float = rule(ge=0)
     cuda_graphs: bool
+
+
+@dataclass(frozen=True)
+class NumericsConfig:
+    """The execution settings that decide a run's numbers (float summation order): recorded in run.json and a
+    dependency of the train step, unlike train.execution (bnflow.train.threads)."""
+
     mode: Literal["separate", "packed"]  # packed: a VGG cell's seeds as one grouped model (bnflow.train.packed)
+    threads_per_run: int = rule(ge=1)  # torch intra-op threads of each run (one packed model is one run)
 
 
 @dataclass(frozen=True)
@@ -159,6 +181,7 @@ class ProbeOptions:
 @dataclass(frozen=True)
 class DenseProbeConfig(ProbeOptions):
     vgg: DenseModelProbeConfig
+    vgg_cpu: DenseModelProbeConfig
     dln: DenseModelProbeConfig
     resnet: DenseModelProbeConfig
 
@@ -178,6 +201,7 @@ class CurvatureConfig:
 @dataclass(frozen=True)
 class ProbeConfig(ProbeOptions):
     vgg: ModelProbeConfig
+    vgg_cpu: ModelProbeConfig
     dln: ModelProbeConfig
     resnet: ModelProbeConfig
     direction: Literal["gradient", "random"]
@@ -211,10 +235,12 @@ class TrainConfig:
     norm: NormConfig
     noise: NoiseConfig
     vgg: VggConfig
+    vgg_cpu: VggConfig  # the reduced-scale VGG of PROTOCOL §10 (CPU-sized width and steps, same protocol)
     dln: DlnConfig
     resnet: ResNetConfig
     probes: DenseProbeConfig
     execution: ExecutionConfig
+    numerics: NumericsConfig
     plugins: dict[str, PluginConfig]
     grid: dict[str, Cell] = rule(nonempty=True)
 
@@ -227,7 +253,7 @@ class TrainConfig:
     def n_layers(self, model: str) -> int:
         """How many numbered layers (#1..#n: conv layers, or the DLN's linear layers) the model has."""
         cfg = self.model_config(model)
-        return {"vgg": lambda: vgg_depth(cfg.arch), "dln": lambda: cfg.depth,
+        return {"vgg": lambda: vgg_depth(cfg.arch), "vgg_cpu": lambda: vgg_depth(cfg.arch), "dln": lambda: cfg.depth,
                 "resnet": lambda: resnet_conv_layers(cfg.depth)}[model]()
 
 
@@ -238,54 +264,95 @@ PLUGIN_TRIAL_CHANNELS = 8
 _TRIAL_SHAPES = {"image": (4, PLUGIN_TRIAL_CHANNELS, 4, 4), "vector": (4, PLUGIN_TRIAL_CHANNELS)}
 
 
+@contextlib.contextmanager
+def _plugin_code(key: str, spec: str, what: str) -> typing.Iterator[None]:
+    """Run a plug-in's own code (its import, constructor or forward): whatever it raises or prints is one params error.
+
+    It sees no command line (sys.argv is just the module name: a module that parses arguments at import gets none
+    of bnflow's or Snakemake's) and its console output is kept for the message. SystemExit and KeyboardInterrupt
+    are caught too: `sys.exit()` in a plug-in must not end `snakemake -n` silently with its status.
+    """
+    argv, printed = sys.argv, io.StringIO()
+    sys.argv = [spec]
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    except BaseException as e:  # noqa: BLE001 - the user's code: any way out is a params error naming the key
+        said = [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
+        detail = f"{type(e).__name__}: {e}" + (f"; it printed {said[-1][:200]!r}" if said else "")
+        raise ConfigError(f"{key}: {what} ({detail})") from None
+    finally:
+        sys.argv = argv
+
+
 def plugin_class(spec: str, key: str) -> Any:
-    """Import the plug-in class named by `spec` ("pkg.module:Class"); ConfigError naming `key` when that fails."""
+    """Import the plug-in class named by `spec` ("pkg.module:Class"); ConfigError naming `key` when that fails.
+
+    A standard-library or built-in module is refused before it is imported, and anything but a class before it is
+    called: `os:_exit` or `sys:exit` would end the process in a way no handler can catch.
+    """
     m = _PLUGIN_SPEC.match(spec)
     if not m:
         raise ConfigError(f"{key}: {spec!r} is not of the form 'pkg.module:Class'")
-    try:
+    top = m["module"].split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise ConfigError(f"{key}: {m['module']!r} is a module of Python's standard library, not a plug-in; name a "
+                          "module of your own that defines a torch.nn.Module class")
+    with _plugin_code(key, spec, f"cannot import module {m['module']!r}; it must be importable from the project "
+                                 f"root: python -c 'import {m['module']}'"):
         module = importlib.import_module(m["module"])
-    except Exception as e:  # whatever the user's module raises while importing is a params error here
-        raise ConfigError(f"{key}: cannot import module {m['module']!r} ({type(e).__name__}: {e}); it must be "
-                          f"importable from the project root: python -c 'import {m['module']}'") from None
     cls = getattr(module, m["attr"], None)
     if cls is None or not callable(cls):
         raise ConfigError(f"{key}: module {m['module']!r} has no class {m['attr']!r}")
+    if not inspect.isclass(cls):
+        raise ConfigError(f"{key}: {m['attr']!r} in module {m['module']!r} is a {type(cls).__name__}, not a class; "
+                          "a plug-in names a torch.nn.Module class, built as Class(C)")
     return cls
 
 
 def check_plugin(spec: str, key: str, shapes: typing.Iterable[tuple[int, ...]] = ()) -> None:
-    """Refuse (ConfigError naming `key`) a plug-in that cannot be imported, built as Class(8), or applied.
+    """Refuse (ConfigError naming `key`) a plug-in that cannot be imported, built as Class(C), or applied.
 
     Args:
         spec: "pkg.module:Class".
         key: the params key to name, train.plugins.<name>.module.
-        shapes: activation shapes (N, 8, ...) the built module must map to the same shape in training mode, e.g.
-            (4, 8, 4, 4) for a conv net and (4, 8) for the deep linear net.
+        shapes: activation shapes (N, C, ...) a module built as Class(C) must map to the same shape in training
+            mode, e.g. (4, 8, 4, 4) for a conv net and (4, 8) for the deep linear net, and one per channel count
+            the networks that use it have (a plug-in fine at 8 channels may fail at 10: found here, not in a job).
     """
     cls = plugin_class(spec, key)
     import torch  # here, not at the top: only a params file with plug-ins pays for it (the plug-in imports it too)
 
-    try:
-        layer = cls(PLUGIN_TRIAL_CHANNELS)
-    except Exception as e:  # the user's constructor: any failure means "cannot be built"
-        raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) cannot be built ({type(e).__name__}: {e}); a "
-                          "plug-in is constructed with the channel count as its only argument") from None
-    if not isinstance(layer, torch.nn.Module):
-        raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) built a {type(layer).__name__}, not a "
-                          "torch.nn.Module")
-    for shape in shapes:
+    if not issubclass(cls, torch.nn.Module):
+        raise ConfigError(f"{key}: {spec} is not a torch.nn.Module class; its parameters would never train")
+    for shape in shapes or [(4, PLUGIN_TRIAL_CHANNELS)]:
+        c = shape[1]
+        with _plugin_code(key, spec, f"{spec}({c}) cannot be built; a plug-in is constructed with the channel "
+                                     "count as its only argument"):
+            layer = cls(c)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        try:
-            with torch.no_grad():
-                out = layer.train()(x)
-        except Exception as e:  # the user's forward
-            raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) fails on activations of shape "
-                              f"{tuple(shape)} ({type(e).__name__}: {e})") from None
+        with _plugin_code(key, spec, f"{spec}({c}) fails on activations of shape {tuple(shape)}"), torch.no_grad():
+            out = layer.train()(x)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(f"{key}: {spec}({PLUGIN_TRIAL_CHANNELS}) maps activations of shape {tuple(shape)} "
-                              f"to {got}; a norm must return its input's shape")
+            raise ConfigError(f"{key}: {spec}({c}) maps activations of shape {tuple(shape)} to {got}; a norm must "
+                              "return its input's shape")
+
+
+def _norm_channels(train: TrainConfig, model: str) -> list[int]:
+    """The channel counts of the norm layers of `model` as train.<model> configures it (what Class(C) gets)."""
+    cfg = train.model_config(model)
+    if model == "dln":
+        return [cfg.dim]
+    if model == "resnet":
+        from bnflow.models.resnet import STAGE_WIDTHS
+
+        widths = STAGE_WIDTHS
+    else:
+        from bnflow.models.vgg import VGG_CONFIGS
+
+        widths = [c for c in VGG_CONFIGS[cfg.arch] if c != "M"]
+    return [max(1, round(c * cfg.width_mult)) for c in widths]
 
 
 def check_variants(train: TrainConfig) -> None:
@@ -304,7 +371,10 @@ def check_variants(train: TrainConfig) -> None:
     for name, plugin in train.plugins.items():
         models = {c.model for c in train.grid.values() if c.variant == name}
         shapes = [_TRIAL_SHAPES["image" if m in CLASSIFIERS else "vector"] for m in sorted(models)]
-        check_plugin(plugin.module, f"train.plugins.{name}.module", dict.fromkeys(shapes))
+        shapes += [(*shape[:1], c, *shape[2:]) for m in sorted(models)
+                   for shape in [_TRIAL_SHAPES["image" if m in CLASSIFIERS else "vector"]]
+                   for c in sorted(set(_norm_channels(train, m)))]
+        check_plugin(plugin.module, f"train.plugins.{name}.module", list(dict.fromkeys(shapes)))
 
 
 @dataclass(frozen=True)
@@ -316,6 +386,7 @@ class ModelScanConfig:
 
 @dataclass(frozen=True)
 class LrScanConfig:
+    models: tuple[Literal["vgg", "dln"], ...]  # the families the pipeline scans (dvc.yaml's lrscan foreach)
     vgg: ModelScanConfig
     dln: ModelScanConfig
     seeds: int = rule(ge=1)
@@ -330,6 +401,7 @@ class SummarizeConfig:
     final_window: int = rule(ge=1)
     probe_window: tuple[float, ...] = rule(ge=0, le=1)
     curvature_warmup: float = rule(ge=0, le=1)
+    early_fraction: float = rule(gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -360,6 +432,8 @@ class ClaimSpec:
     lower is better, 0.8 when higher is better; difference: e.g. 0.05 / −0.02; equivalence: the band is
     (1/margin, margin) or (−margin, margin)); rationale: one line saying why that boundary.
     reference: the constant arm B stands for when arm_b is a reference arm (vocab.REFERENCE_ARMS: chance, 2/lr).
+    seeds: (first, last), inclusive: the seed indices the claim tests (registry v3: a claim confirmed on fresh seeds
+    names them, so the look that generated it never counts as its confirmation); None: every seed of its cells.
     """
 
     id: str
@@ -379,6 +453,7 @@ class ClaimSpec:
     rationale: str | None = None
     reference: float | None = None
     alpha: float = 0.05
+    seeds: tuple[int, int] | None = None
 
 
 _KEYS = tuple(f.name for f in dataclasses.fields(ClaimSpec))
@@ -402,6 +477,18 @@ def _number(entry: typing.Mapping, key: str, path: str) -> float | None:
     if not math.isfinite(value):
         raise ConfigError(f"{path}.{key}: must be finite, got {value!r}")
     return float(value)
+
+
+def _seed_range(entry: typing.Mapping, path: str) -> tuple[int, int] | None:
+    """A claim's `seeds: [first, last]` as a tuple, or None when the key is absent (every seed of its cells)."""
+    value = entry.get("seeds")
+    if value is None:
+        return None
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    if not ok:
+        raise ConfigError(f"{path}.seeds: must be [first, last], two integer seed indices (inclusive), got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def _one_of(value: str, choices: typing.Sequence[str], path: str) -> None:
@@ -437,6 +524,8 @@ def check_claim(c: ClaimSpec, path: str) -> None:
         raise ConfigError(f"{path}.lr: must be > 0, got {c.lr!r}")
     if not 0 < c.alpha <= 0.5:
         raise ConfigError(f"{path}.alpha: must be in (0, 0.5], got {c.alpha!r}")
+    if c.seeds is not None and not 0 <= c.seeds[0] <= c.seeds[1]:
+        raise ConfigError(f"{path}.seeds: must be [first, last] with 0 <= first <= last, got {list(c.seeds)}")
     if c.scale != scale:
         raise ConfigError(f"{path}.scale: {c.metric!r} is compared on the {scale!r} scale; "
                           f"set scale: {scale} or leave the key out")
@@ -531,7 +620,8 @@ def parse_claims(raw: object) -> tuple[ClaimSpec, ...]:
         spec = ClaimSpec(**text, lr=lr, scale=_text(entry, "scale", path) if "scale" in entry else default_scale,
                          sesoi=_number(entry, "sesoi", path), margin=_number(entry, "margin", path),
                          rationale=_text(entry, "rationale", path) if entry.get("rationale") is not None else None,
-                         reference=_number(entry, "reference", path), alpha=0.05 if alpha is None else alpha)
+                         reference=_number(entry, "reference", path), alpha=0.05 if alpha is None else alpha,
+                         seeds=_seed_range(entry, path))
         check_claim(spec, path)
         if spec.id in seen:
             raise ConfigError(f"{path}.id: duplicate id {spec.id!r} (also claims[{seen[spec.id]}]); ids must be unique")
@@ -712,12 +802,49 @@ def _check_paths(p: Params) -> None:
                           "absolute path")
 
 
+SYNTHETIC_MAX_IMAGES = 200_000
+"""The most images prepare.synthetic may ask for per split: 4x CIFAR-10's 50,000 (the set it stands in for) is
+2.5 GB as float32; 1e12 died in prepare with a raw MemoryError."""
+
+
+def _check_windows(p: Params) -> None:
+    """Windows and step counts that change results must fit the runs they summarize (issue 26).
+
+    summarize.auc_steps beyond a classifier's step budget was cut to the budget, and a smoothing or final window
+    longer than a run's logged points was shortened to them: both silently, so `auc_steps: 100000` changed nothing it
+    seemed to. Refused here: a value beyond the budget of every model family train.<model> configures (it would mean
+    "the whole run" for all of them). A value between two families' budgets still covers the shorter runs whole
+    (shrunk test and quick configurations rely on it).
+    """
+    for key in ("n_train", "n_test"):
+        n = getattr(p.prepare.synthetic, key)
+        if n > SYNTHETIC_MAX_IMAGES:
+            raise ConfigError(f"prepare.synthetic.{key}: {n:,} images exceeds {SYNTHETIC_MAX_IMAGES:,} (4x CIFAR-10's "
+                              "50,000, which the synthetic set stands in for: more would need many GB of memory)")
+    s = p.summarize
+    steps = {m: p.train.model_config(m).steps for m in MODELS}
+    logged = {m: steps[m] // p.train.model_config(m).log_every + 1 for m in MODELS}  # steps 0, log_every, ...
+    longest = max(CLASSIFIERS, key=lambda m: steps[m])
+    if s.auc_steps > steps[longest]:
+        raise ConfigError(f"summarize.auc_steps: {s.auc_steps} exceeds every classifier's step budget (the longest: "
+                          f"train.{longest}.steps = {steps[longest]}); train_acc_auc would silently cover whole runs: "
+                          f"lower it to at most {steps[longest]}")
+    for key, n, families in (("smooth_window", s.smooth_window, CLASSIFIERS), ("final_window", s.final_window, MODELS)):
+        most = max(families, key=lambda m: logged[m])
+        if n > logged[most]:
+            raise ConfigError(f"summarize.{key}: {n} logged points exceeds what any run logs (the most: {logged[most]}, "
+                              f"train.{most}.steps = {steps[most]} logged every train.{most}.log_every); it would "
+                              f"silently be cut to each run's length: lower it")
+
+
 def _check_cross_fields(p: Params) -> None:
     """Rules between sections, checked before any job starts rather than when the step that needs them runs."""
-    if p.lrscan.seeds > p.train.seeds.n:
-        raise ConfigError(f"lrscan.seeds: {p.lrscan.seeds} exceeds train.seeds.n ({p.train.seeds.n}); the scan's "
-                          "short runs use the grid's first seed indices (the DLN's prepared problems exist only for "
-                          "those): lower it")
+    _check_windows(p)
+    for model in p.lrscan.models:
+        if p.lrscan.seeds > p.train.seeds.count(model):
+            raise ConfigError(f"lrscan.seeds: {p.lrscan.seeds} exceeds train.seeds.n.{model} "
+                              f"({p.train.seeds.count(model)}); the scan's short runs use the grid's first seed "
+                              "indices (the DLN's prepared problems exist only for those): lower it")
     cv = p.probe.curvature
     if cv.eig_k > cv.eig_iters:
         raise ConfigError(f"probe.curvature.eig_k: {cv.eig_k} exceeds probe.curvature.eig_iters ({cv.eig_iters}); "
@@ -811,6 +938,29 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _expand_seed_counts(raw: dict) -> dict:
+    """train.seeds.n as one count per model family: an int (an overlay's `seeds: {n: 2}`) applies to every family;
+    a mapping must name each family once, with a count >= 1."""
+    n = raw.get("train", {}).get("seeds", {}).get("n") if isinstance(raw.get("train"), dict) else None
+    if n is None or not isinstance(raw["train"].get("seeds"), dict):
+        return raw
+    if isinstance(n, bool) or not isinstance(n, (int, dict)):
+        raise ConfigError(f"train.seeds.n: expected a count per model family ({', '.join(MODELS)}) or one int, "
+                          f"got {n!r}")
+    counts = dict.fromkeys(MODELS, n) if isinstance(n, int) else dict(n)
+    unknown = [m for m in counts if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"train.seeds.n.{unknown[0]}: no model family {unknown[0]!r}; known: {', '.join(MODELS)}")
+    missing = [m for m in MODELS if m not in counts]
+    if missing:
+        raise ConfigError(f"train.seeds.n.{missing[0]}: missing key (one seed count per model family)")
+    for m, c in counts.items():
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f"train.seeds.n.{m}: must be an int >= 1, got {c!r}")
+    seeds = dict(raw["train"]["seeds"], n=counts)
+    return dict(raw, train=dict(raw["train"], seeds=seeds))
+
+
 def from_dict(raw: dict, *, check_files: bool = True) -> Params:
     """Validate a raw params mapping into `Params` (raises ConfigError naming the key).
 
@@ -819,7 +969,7 @@ def from_dict(raw: dict, *, check_files: bool = True) -> Params:
         check_files: also require the files the params name (prepare.archive) to exist; worker processes that
             re-validate params their parent already checked pass False.
     """
-    params = _build(Params, raw, "")
+    params = _build(Params, _expand_seed_counts(raw), "")
     _check_paths(params)
     _check_semantics(params)
     _check_cross_fields(params)

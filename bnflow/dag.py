@@ -57,14 +57,15 @@ def param_keys(step: str, *, model: str | None = None) -> list[str]:
     if step == "prepare":
         if model in CLASSIFIERS:  # the download folder is left out: it never changes the data
             return ["prepare.source", "prepare.archive", "prepare.synthetic"]
-        return ["train.seeds", "train.dln.n_samples", "train.dln.dim"]
+        return ["train.seeds.base", "train.seeds.n.dln", "train.dln.n_samples", "train.dln.dim"]
     if step == "train":
-        return ["train.seeds", "train.norm", "train.noise", f"train.{model}", "train.probes", "train.plugins"]
+        return ["train.seeds.base", f"train.seeds.n.{model}", "train.norm", "train.noise", f"train.{model}",
+                "train.probes", "train.plugins", "train.numerics"]
     if step == "probe":
-        return ["probe", "train.seeds"]
+        return ["probe", "train.seeds.base", f"train.seeds.n.{model}"]
     if step == "lrscan":
         return [f"lrscan.{model}", "lrscan.seeds", "lrscan.loss_fraction", f"train.{model}", "train.norm",
-                "train.noise", "train.seeds"]
+                "train.noise", "train.seeds.base"]
     if step == "summarize":
         return [step, "train.seeds", "train.grid"]
     if step == "figures":
@@ -387,7 +388,7 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     present = [c for c in grid if (root / out / "runs" / c).is_dir()]
     read = [c for c in grid if c in active or c in present]
     model_of = {c: params.cell(c).model for c in grid}
-    scanned = {m for m in model_of.values() if hasattr(params.lrscan, m)}  # models with an lrscan section
+    scanned = set(params.lrscan.models)  # lrscan.models: the families whose lr scan the pipeline runs
     models = sorted(({model_of[c] for c in active} | {m for m in model_of.values()
                                                        if (root / out / "lrscan" / m).is_dir()}) & scanned)
     jobs: dict[tuple[str, str], Job] = {}
@@ -396,7 +397,7 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     for c in read:
         m, prep = model_of[c], jobs[("prepare", model_of[c])]
         jobs[("train", c)] = Job("train", c, (f"{out}/runs/{c}",), tuple(param_keys("train", model=m)), (prep,))
-        jobs[("probe", c)] = Job("probe", c, (f"{out}/probes/{c}",), tuple(param_keys("probe")), (prep,),
+        jobs[("probe", c)] = Job("probe", c, (f"{out}/probes/{c}",), tuple(param_keys("probe", model=m)), (prep,),
                                  (f"{out}/runs/{c}",))
     for m in models:
         jobs[("lrscan", m)] = Job("lrscan", m, tuple(f"{out}/lrscan/{m}/{f}" for f in LRSCAN_FILES),
@@ -405,7 +406,8 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     cell_outs = tuple(f"{out}/{d}/{c}" for d in ("runs", "probes") for c in read)
     jobs[("summarize", "")] = Job("summarize", "", (f"{out}/stats/runs.csv",), tuple(param_keys("summarize")),
                                   inputs=cell_outs)
-    jobs[("stats", "")] = Job("stats", "", tuple(f"{out}/stats/claims.{e}" for e in ("csv", "json", "md")),
+    jobs[("stats", "")] = Job("stats", "", tuple(f"{out}/stats/{f}" for f in ("claims.csv", "claims.json", "claims.md",
+                                                                              "claims_metrics.json")),
                               tuple(param_keys("stats")), inputs=(f"{out}/stats/runs.csv",))
     jobs[("figures", "")] = Job("figures", "", (f"{out}/figures", f"{out}/REPORT.md", f"{out}/plots"),
                                 tuple(param_keys("figures")),

@@ -35,7 +35,7 @@ def prepare(params: Params, model: str, output: Path, *, force: bool = False) ->
     output.parent.mkdir(parents=True, exist_ok=True)
     if model == "dln":
         d = params.train.dln
-        meta = save_problems(output, params.train.seeds.base, params.train.seeds.indices, d.n_samples, d.dim)
+        meta = save_problems(output, params.train.seeds.base, params.train.seeds.indices("dln"), d.n_samples, d.dim)
         log.info("prepared the DLN's regression problems y = A x for seed indices %s (%d samples, dim %d) -> %s",
                  meta["indices"], d.n_samples, d.dim, output)
         return

@@ -82,7 +82,7 @@ def load_runs(params: Params, runs_root: Path) -> tuple[pd.DataFrame, dict[str, 
     summaries, parts = [], {name: [] for name in TABLES}
     for cell_id in present_cells(params, runs_root):
         model = params.train.grid[cell_id].model
-        for seed in params.train.seeds.indices:
+        for seed in params.train.seeds.indices(model):
             run_dir = runs_root / cell_id / f"s{seed}"
             if not run_dir.is_dir():
                 raise DataError(f"{run_dir}: missing seed folder in a present cell; {rebuild_hint('train', cell_id)}")

@@ -37,6 +37,7 @@ from bnflow.vocab import CLASSIFIERS, MODELS
 IMAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
     # model family -> builder(train.<model> section, variant, **norm_options(...), generator=...)
     "vgg": lambda cfg, variant, **kw: build_vgg(cfg.arch, variant, width_mult=cfg.width_mult, **kw),
+    "vgg_cpu": lambda cfg, variant, **kw: build_vgg(cfg.arch, variant, width_mult=cfg.width_mult, **kw),
     "resnet": lambda cfg, variant, **kw: build_resnet(cfg.depth, variant, width_mult=cfg.width_mult, **kw),
 }
 """The image classifiers (vocab.CLASSIFIERS) and how each is built from its params section."""
@@ -242,14 +243,15 @@ def run_facts(params: Params, cell_id: str) -> dict[str, Any]:
     Params that cannot change the run's numbers stay out, so adding an option leaves existing fingerprints (and resume
     states) valid: train.norm.groups enters only for group_norm, train.plugins only the run's own plug-in (its
     module path and the sha256 of its source file: editing the plug-in is a new run), and only the run's model's
-    sections of train and train.probes; execution settings and the seed count never.
+    sections of train and train.probes; train.numerics (threads per run, packed mode: they change float summation
+    order) always, train.execution (scheduling) and the seed count never.
     """
     cell = params.cell(cell_id)
     train = to_plain(params.train)
     probes = {k: v for k, v in train["probes"].items() if k not in MODELS} | {"model": train["probes"][cell.model]}
     norm = {k: v for k, v in train["norm"].items() if k != "groups" or cell.variant == "group_norm"}
     facts = {"cell": cell_id, "base": params.train.seeds.base, "model": train[cell.model], "norm": norm,
-             "noise": train["noise"], "probes": probes}
+             "noise": train["noise"], "probes": probes, "numerics": train["numerics"]}
     if cell.variant in train["plugins"]:
         spec = train["plugins"][cell.variant]["module"]
         source = Path(inspect.getsourcefile(plugin_class(spec, f"train.plugins.{cell.variant}.module")))

@@ -103,8 +103,13 @@ def test_dvc_stages_read_exactly_the_params_the_snakemake_stamps_record():
         key = name.split("@")[1] if "@" in name else None
         model = p.cell(key).model if step in ("train", "probe") else key
         assert keys == set(param_keys(step, model=model)), name
-    assert dvc_stages()["train@vgg-bn-lr0.1"][3] == {"train.seeds", "train.norm", "train.noise", "train.vgg",
-                                                     "train.probes", "train.plugins"}
+    stages = dvc_stages()
+    assert stages["train@vgg_cpu-bn-lr0.1"][3] == {"train.seeds.base", "train.seeds.n.vgg_cpu", "train.norm",
+                                                   "train.noise", "train.vgg_cpu", "train.probes", "train.plugins",
+                                                   "train.numerics"}
+    # one family's seed count is its own: adding DLN seeds re-runs no VGG stage, and no DLN stage reads the VGG's
+    readers = {name for name, (_, _, _, keys) in stages.items() if "train.seeds.n.dln" in keys}
+    assert readers == {n for n in stages if n.startswith(("train@dln-", "probe@dln-"))} | {"prepare@dln"}
 
 
 def test_dln_cells_never_depend_on_the_images():

@@ -8,7 +8,6 @@ absent cells are "not run yet" and figures name the ones they wait for.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,8 @@ import pandas as pd
 from bnflow.config import Params, to_plain
 from bnflow.errors import DataError
 from bnflow.figures.palette import VariantStyle, variant_styles
-from bnflow.figures.select import GRID_COLUMNS, PAPER_DEPTH, Need, waiting_cells
+from bnflow.figures.scales import describe_scales
+from bnflow.figures.select import GRID_COLUMNS, PAPER_DEPTH, Need, model_order, waiting_cells
 from bnflow.results import RUN_COLUMNS, load_runs, present_cells, probe_run_dir, read_table, require_columns
 from bnflow.vocab import CLASSIFIERS, MODELS
 
@@ -79,6 +79,8 @@ class FigureData:
         lrscan_setup: model -> how the scan decided ("500 steps, trainable: …"), for captions.
         palette: variant -> look; variants missing here get one from palette.variant_styles over every variant in
             the data (see `style`).
+        scales: reduced-scale model family -> the words its figures carry in title and caption
+            (scales.describe_scales: "reduced-scale VGG (VGG-11 ×0.25, 5,000 steps; PROTOCOL §10)").
     """
 
     dense: Mapping[str, pd.DataFrame]
@@ -95,6 +97,7 @@ class FigureData:
     lrscan_waiting: tuple[str, ...] = ()
     lrscan_setup: Mapping[str, str] = field(default_factory=dict)
     palette: Mapping[str, VariantStyle] = field(default_factory=dict)
+    scales: Mapping[str, str] = field(default_factory=dict)
 
     def table(self, name: str, model: str, *, checkpoint: bool = False) -> pd.DataFrame:
         """Rows of one table for one model; an absent or empty table is an empty frame, missing columns a DataError."""
@@ -120,12 +123,11 @@ class FigureData:
         return rows, f"checkpoint-wise probes at steps {steps}"
 
     def models(self, name: str, *, checkpoint: bool = False) -> list[str]:
-        """Models with rows in a table, the paper's first (vgg, dln), then other models alphabetically."""
+        """Models with rows in a table, the paper's first (select.PAPER_MODELS), then other models alphabetically."""
         frame = (self.checkpoint if checkpoint else self.dense).get(name)
         if frame is None or frame.empty or "model" not in frame:
             return []
-        order = ("vgg", "dln")
-        return sorted({str(m) for m in frame.model}, key=lambda m: (order.index(m) if m in order else 2, m))
+        return sorted({str(m) for m in frame.model}, key=model_order)
 
     def source(self, model: str) -> str:
         return self.sources.get(model, "synthetic regression y = Ax" if model == "dln" else "unknown data")
@@ -196,10 +198,9 @@ def grid_cells(params: Params, runs_root: Path) -> pd.DataFrame:
 
 
 def lrscan_models(params: Params) -> list[str]:
-    """Models the lrscan section scans (a model section with at least one variant)."""
+    """Models the lrscan step scans: lrscan.models, those with at least one variant."""
     cfg = params.lrscan
-    return [f.name for f in dataclasses.fields(cfg)
-            if getattr(getattr(cfg, f.name), "variants", None)]
+    return [m for m in cfg.models if getattr(cfg, m).variants]
 
 
 def load_lrscan(root: Path, models: Sequence[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -316,6 +317,7 @@ def load_figure_data(params: Params, runs_root: Path, probes_root: Path | None =
         lrscan=lrscan,
         lrscan_waiting=tuple(lrscan_absent),
         lrscan_setup=lrscan_setup(params) if lrscan_root is not None else {},
+        scales=describe_scales(params),
     )
 
 

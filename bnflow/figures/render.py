@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from bnflow.config import Params
 from bnflow.errors import DataError
@@ -17,7 +18,7 @@ from bnflow.figures.common import Skip
 from bnflow.figures.data import FigureData, load_figure_data
 from bnflow.figures.plots import BAND_TEXT
 from bnflow.figures.registry import FIGURES, FigureSpec  # noqa: F401 - FigureSpec re-exported
-from bnflow.figures.report import Entry, report_markdown, report_rst
+from bnflow.figures.report import Entry, report_markdown, report_rst, verdict_table
 from bnflow.figures.select import waiting_note
 from bnflow.io import check_absent, publish_dir, write_text
 from bnflow.plotdata import publish_plot_data
@@ -52,10 +53,19 @@ def draw_all(data: FigureData, out_dir: Path, dpi: int) -> list[Entry]:
     return entries
 
 
+def _seed_counts(params: Params, data: FigureData) -> str:
+    """Seeds per cell of the model families in the grid ("20 (dln), 5 (vgg_cpu)"), or one count if they agree."""
+    models = sorted({params.train.grid[c].model for c in data.grid["cell"] if c in params.train.grid})
+    counts = {m: params.train.seeds.count(m) for m in models}
+    if len(set(counts.values())) <= 1:
+        return str(next(iter(counts.values()), 0))
+    return ", ".join(f"{n} ({m})" for m, n in counts.items())
+
+
 def _header(params: Params, data: FigureData) -> str:
     n, present = len(data.grid), int(data.grid.present.astype(bool).sum())
-    return (f"Grid: {present} of {n} cells present ([Grid](#grid)). Seeds per cell: {params.train.seeds.n} (base seed "
-            f"{params.train.seeds.base}). Across-seed bands: {BAND_TEXT[params.figures.band]} (figures.band).")
+    return (f"Grid: {present} of {n} cells present ([Grid](#grid)). Seeds per cell: {_seed_counts(params, data)} "
+            f"(base seed {params.train.seeds.base}). Across-seed bands: {BAND_TEXT[params.figures.band]} (figures.band).")
 
 
 def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_root: Path | None = None,
@@ -77,12 +87,13 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
         the written files, in `out_dir`.
     """
     check_absent(out_dir, *(p for p in (report, plots_out) if p is not None), force=force)
-    claims_md = None
+    claims_md, verdicts = None, None
     if claims is not None:
         try:
             claims_md = claims.read_text()
         except OSError as e:
             raise DataError(f"{claims}: cannot read the claims ({e.strerror}); run the stats step first") from None
+        verdicts = _verdicts(params, claims.with_name("claims.csv"))
     data = load_figure_data(params, runs_root, probes_root, lrscan_root)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
     if tmp_dir.exists():
@@ -92,7 +103,7 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
     tables = [t for t in (curvature.summary_table(data), thresholds.thresholds_table(data)) if t is not None]
     prefix = "" if report is None else Path(os.path.relpath(out_dir, report.parent)).as_posix() + "/"
     text = report_markdown(entries, header=_header(params, data), claims_md=claims_md, tables=tables,
-                           link_prefix=prefix, grid=data.grid)
+                           link_prefix=prefix, grid=data.grid, verdicts=verdicts)
     if report is None:
         write_text(tmp_dir / "REPORT.md", text)
     written = [out_dir / p.name for p in sorted(tmp_dir.iterdir())]
@@ -103,6 +114,19 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
         return written
     write_text(report, text)  # after the figures it links to are in place
     return [*written, report]
+
+
+def _verdicts(params: Params, claims_csv: Path) -> pd.DataFrame | None:
+    """REPORT.md's verdict table from the claims.csv the stats step wrote beside claims.md; None when it is absent
+    (claims.md alone, e.g. an older stats output: the report then lists the claims without the table)."""
+    if not claims_csv.exists():
+        log.info("%s: absent, REPORT.md opens without the verdict table", claims_csv)
+        return None
+    try:
+        frame = pd.read_csv(claims_csv)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{claims_csv}: unreadable claims table ({e}); re-run the stats step") from None
+    return verdict_table(frame, {c.id: c.model for c in params.claims})
 
 
 def write_report_rst(root: Path = ROOT) -> Path:

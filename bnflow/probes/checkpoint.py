@@ -25,6 +25,7 @@ from bnflow.io import check_absent, publish_dir, run_provenance, write_json, wri
 from bnflow.probes.runner import CURVATURE_TABLES, TABLES, Prober, ProbePlan
 from bnflow.gpu import process_device
 from bnflow.tasks import make_task, run_fingerprint
+from bnflow.train.threads import STEP_THREADS, threads
 
 log = logging.getLogger("bnflow.probe")
 
@@ -270,10 +271,13 @@ def probe_cell(params: Params, cell_id: str, ckpt_root: Path, data_path: Path | 
     scratch = Path(params.out_dir) / ".partial" / f"probe-{cell_id}"
     shutil.rmtree(scratch, ignore_errors=True)  # probing is cheap and stateless: restart it from scratch
     summaries = []
-    for seed in params.train.seeds.indices:
-        summaries.append(probe_seed(params, cell_id, seed, ckpt_root / f"s{seed}", data_path,
-                                    scratch / "git" / f"s{seed}", device, full_dir=scratch / "full" / f"s{seed}"))
-        log.info("%s s%d: probed %d checkpoints", cell_id, seed, len(summaries[-1]["steps"]))
+    # a fixed thread count, whoever starts the step: the probes' numbers never depend on a setting or the machine's
+    # core count (bnflow.train.threads)
+    with threads(STEP_THREADS):
+        for seed in params.train.seeds.indices(params.cell(cell_id).model):
+            summaries.append(probe_seed(params, cell_id, seed, ckpt_root / f"s{seed}", data_path,
+                                        scratch / "git" / f"s{seed}", device, full_dir=scratch / "full" / f"s{seed}"))
+            log.info("%s s%d: probed %d checkpoints", cell_id, seed, len(summaries[-1]["steps"]))
     if full_out is not None:
         (scratch / "full").mkdir(parents=True, exist_ok=True)
         publish_dir(scratch / "full", full_out, force=force)
