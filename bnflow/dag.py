@@ -157,6 +157,7 @@ class StampReport:
     adopted: list[Job] = field(default_factory=list)     # outputs vouched for by dvc.lock: kept
     unvouched: list[Job] = field(default_factory=list)   # outputs exist but no record: re-run
     redated: list[Job] = field(default_factory=list)     # DVC found them current though an input is newer: kept
+    altered: list[Job] = field(default_factory=list)     # params vouched for, content not (also in unvouched/changed)
 
     @property
     def reruns(self) -> list[Job]:
@@ -180,11 +181,14 @@ def _date(paths: Iterable[str], when: float) -> None:
 
 
 def sync_stamps(jobs: Sequence[Job], raw: Mapping[str, Any], out_dir: str, *, ledger: Mapping[str, Mapping],
-                root: Path = Path("."), now: float | None = None, ledger_time: float | None = None) -> StampReport:
+                root: Path = Path("."), now: float | None = None, ledger_time: float | None = None,
+                verify: Callable[[list[Job]], set[str]] | None = None) -> StampReport:
     """Write every job's params stamp; adopt outputs dvc.lock vouches for (module docstring).
 
     Two cases adopt: no stamp yet (a fresh clone) and the outputs exist, and a stamp of other params while the
     outputs are no newer than dvc.lock (DVC made them, with the params it recorded: `dvc repro` after Snakemake).
+    Both also need the outputs' content to be what dvc.lock records (`verify`): a hand-edited claims.csv or a
+    deleted seed folder under vouched-for params was adopted as current (issue 26), and is now re-run.
 
     Args:
         jobs: every job of the DAG for this run.
@@ -192,10 +196,13 @@ def sync_stamps(jobs: Sequence[Job], raw: Mapping[str, Any], out_dir: str, *, le
         out_dir: the run's out_dir (stamps are kept per out_dir).
         ledger: read_ledger(dvc.lock) when out_dir is the one dvc.yaml writes, else {}.
         ledger_time: dvc.lock's modification time (None without one).
+        verify: given the jobs about to be adopted, the stages among them whose outputs differ from dvc.lock's
+            hashes (dvc_altered_outputs); None adopts on params alone (no dvc.lock to compare with).
     """
     now = time.time() if now is None else now
     report = StampReport()
     fresh: list[Job] = []
+    candidates: list[tuple[Job, bool]] = []
     for job in jobs:
         path = stamp_path(out_dir, job, root)
         text = _canonical(job.values(raw))
@@ -212,14 +219,21 @@ def sync_stamps(jobs: Sequence[Job], raw: Mapping[str, Any], out_dir: str, *, le
         made_by_dvc = not existed or (ledger_time is not None
                                       and max(os.stat(o).st_mtime for o in outputs) <= ledger_time + 1.0)
         if made_by_dvc and vouched(job, raw, ledger):
-            os.utime(path, (0, 0))  # older than any output: the stamp itself triggers nothing
-            report.adopted.append(job)
-            if not existed:
-                fresh.append(job)
+            candidates.append((job, existed))
         elif existed:
             report.changed.append(job)
         else:
             report.unvouched.append(job)
+    altered = verify([j for j, _ in candidates]) if candidates and verify is not None else set()
+    for job, existed in candidates:
+        if job.stage in altered:  # its stamp stays newer than its outputs: the job re-runs
+            report.altered.append(job)
+            (report.changed if existed else report.unvouched).append(job)
+            continue
+        os.utime(stamp_path(out_dir, job, root), (0, 0))  # older than any output: the stamp itself triggers nothing
+        report.adopted.append(job)
+        if not existed:
+            fresh.append(job)
     # Checkout dates files in arbitrary order: date the outputs adopted on a fresh clone in DAG order, so that no
     # adopted output looks older than an adopted input. (Outputs DVC made carry DVC's own order.)
     base = now - ADOPTED_AGE_S
@@ -272,6 +286,34 @@ def redate_dvc_checked(jobs: Sequence[Job], report: StampReport, root: Path = Pa
         _date([str(o) for o in outs] + [str(o / ".snakemake_timestamp") for o in outs], when)
         redated.append(job)
     return redated
+
+
+def dvc_altered_outputs(root: Path, jobs: list[Job]) -> set[str]:
+    """The stages among `jobs` whose outputs (Job.outputs) differ from the hashes dvc.lock records for them.
+
+    DVC's own status computes them (files: md5 of the bytes; folders: the md5 of DVC's `.dir` listing of every
+    file's md5), so this is exactly what `dvc status` reports as modified. Outputs DVC keeps in its cache and a
+    fresh clone lacks (checkpoints) are not Job.outputs and never count. Without a DVC project nothing can be
+    verified: every job counts as altered (re-run, and said so).
+    """
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            status = repo.status(targets=[j.stage for j in jobs])
+    except NotDvcRepoError:
+        return {j.stage for j in jobs}
+    mine = {j.stage: {os.path.normpath(o) for o in j.outputs} for j in jobs}
+    altered = set()
+    for name, changes in status.items():
+        stage = name.split(":")[-1]
+        for change in changes:
+            outs = change.get("changed outs", {}) if isinstance(change, dict) else {}
+            if any(os.path.normpath(path) in mine.get(stage, ()) and state != "not in cache"
+                   for path, state in outs.items()):
+                altered.add(stage)
+    return altered
 
 
 def _dvc_status(root: Path, stages: list[str]) -> set[str]:
@@ -416,7 +458,8 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     use_ledger = out == base.get("out_dir") and len(files) == 1 and (root / lock).exists()
     ledger = read_ledger(root / lock) if use_ledger else {}
     report = sync_stamps(list(jobs.values()), raw, out, ledger=ledger, root=root,
-                         ledger_time=(root / lock).stat().st_mtime if use_ledger else None)
+                         ledger_time=(root / lock).stat().st_mtime if use_ledger else None,
+                         verify=partial(dvc_altered_outputs, root) if use_ledger else None)
     if use_ledger:  # outputs `dvc repro` checked and kept while it rewrote an input with the same content
         report.redated = redate_dvc_checked(list(jobs.values()), report, root)
     _check_sources(params, jobs, report, root)
@@ -441,8 +484,14 @@ def _check_sources(params, jobs: Mapping[tuple[str, str], Job], report: StampRep
 def messages(p: Plan, root: Path = Path(".")) -> list[str]:
     """What the Snakefile tells the user before the DAG runs: records it lacks, and checkpoints a probe needs."""
     out = []
-    if p.report.unvouched:
-        names = ", ".join(j.stage for j in p.report.unvouched)
+    if p.report.altered:
+        names = ", ".join(j.stage for j in p.report.altered)
+        out.append(f"bnflow: the outputs of {names} differ from what dvc.lock recorded for them (edited by hand, or "
+                   f"part of them deleted): they will be re-run. `dvc status` shows what changed; `dvc checkout` "
+                   f"restores the recorded ones instead.")
+    unvouched = [j for j in p.report.unvouched if j not in p.report.altered]
+    if unvouched:
+        names = ", ".join(j.stage for j in unvouched)
         out.append(f"bnflow: no record says which params made {names} (no Snakemake metadata, and dvc.lock does not "
                    f"match): they will be re-run. To keep them as they are, run `dvc repro --allow-missing` instead "
                    f"(dvc.lock is DVC's record), or `snakemake --touch` to declare them current.")

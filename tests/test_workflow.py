@@ -165,7 +165,7 @@ def test_cell_selection_by_ids_and_patterns():
 
 def test_param_keys_name_keys_that_exist_in_params_yaml(raw_params):
     for step, kw in [("prepare", {"model": "vgg"}), ("prepare", {"model": "dln"}), ("train", {"model": "vgg"}),
-                     ("train", {"model": "dln"}), ("probe", {}), ("lrscan", {"model": "vgg"}),
+                     ("train", {"model": "dln"}), ("probe", {"model": "dln"}), ("lrscan", {"model": "vgg"}),
                      ("lrscan", {"model": "dln"}), ("summarize", {}), ("stats", {}), ("figures", {})]:
         for key in param_keys(step, **kw):
             lookup(raw_params, key)
@@ -187,3 +187,55 @@ def test_a_stale_stamp_adopts_outputs_dvc_made_after_it_but_not_outputs_made_sin
     sync_stamps([STATS], old, "out", ledger={}, root=tmp_path)  # Snakemake edits back and forth
     r = sync_stamps([STATS], RAW, "out", ledger=ledger_for(STATS), root=tmp_path, ledger_time=out_time - 5)
     assert r.changed == [STATS] and r.adopted == []
+
+
+# -------------------------------------------------------- issue 26: adoption checks the outputs' content, not params
+def test_outputs_whose_content_differs_from_dvc_lock_are_not_adopted(tmp_path):
+    make_outputs(tmp_path, TRAIN, STATS)
+    asked = []
+
+    def verify(jobs):
+        asked.append([j.stage for j in jobs])
+        return {"stats"}  # claims.csv edited by hand
+
+    r = sync_stamps([PREP, TRAIN, STATS], RAW, "out", ledger=ledger_for(PREP, TRAIN, STATS), root=tmp_path, now=2e9,
+                    verify=verify)
+    assert asked == [["train@vgg-bn-lr0.1", "stats"]]  # only the jobs dvc.lock vouches for, in one call
+    assert r.adopted == [TRAIN] and r.unvouched == r.altered == [STATS]
+    assert stamp_path("out", STATS, tmp_path).stat().st_mtime > (tmp_path / "out/stats/claims.csv").stat().st_mtime
+
+
+@pytest.mark.slow
+def test_a_hand_edited_claim_or_a_deleted_seed_folder_is_found_by_dvc_hashes(tmp_path, monkeypatch):
+    """A fresh clone adopted both as current: `snakemake -n` said "Nothing to be done" (issue 26)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from bnflow.dag import dvc_altered_outputs
+    from conftest import ROOT
+    from test_pipeline import workspace
+
+    ws = workspace(tmp_path / "ws")
+    cell = next(c for c in sorted((ROOT / "results" / "runs").iterdir()) if c.name.startswith("dln-")).name
+    shutil.copytree(ROOT / "results" / "stats", ws / "results" / "stats")
+    for name in ("claims_metrics.json",):  # an output of the stats stage the committed results may predate
+        if not (ws / "results" / "stats" / name).exists():
+            (ws / "results" / "stats" / name).write_text("{}\n")
+    shutil.copytree(ROOT / "results" / "runs" / cell, ws / "results" / "runs" / cell)
+    (ws / "results" / "checkpoints" / cell).mkdir(parents=True)
+    (ws / "results" / "data").mkdir()
+    (ws / "results" / "data" / "dln.npz").write_bytes(b"x")
+    py = [sys.executable, "-m", "dvc"]
+    subprocess.run([*py, "init", "--no-scm", "-q"], cwd=ws, check=True)
+    subprocess.run([*py, "commit", "-f", "-q", "stats", f"train@{cell}"], cwd=ws, check=True, capture_output=True)
+    stats = Job("stats", "", tuple(f"results/stats/claims.{e}" for e in ("csv", "json", "md")), ())
+    train = Job("train", cell, (f"results/runs/{cell}",), ())
+    monkeypatch.chdir(ws)  # as in the Snakefile: the project root is the working folder
+    ws = Path(".")
+    assert dvc_altered_outputs(ws, [stats, train]) == set()
+    claims = ws / "results" / "stats" / "claims.csv"
+    claims.write_text(claims.read_text().replace("supported", "refuted", 1))
+    assert dvc_altered_outputs(ws, [stats, train]) == {"stats"}
+    shutil.rmtree(ws / "results" / "runs" / cell / "s1")
+    assert dvc_altered_outputs(ws, [stats, train]) == {"stats", f"train@{cell}"}
