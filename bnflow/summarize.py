@@ -22,6 +22,13 @@ summaries"); K = summarize.auc_steps, the window = summarize.probe_window × the
   ics_cos             the mean of cos(G, G') over the same
   act_drift_log       log of the mean over tracked (layer, channel) pairs of [the standard deviation over probed steps
                       in the window of the channel's mean] / [the mean over those steps of the channel's std] (Fig 8)
+  band_peak_early_log         registry v3, the early window (dense probes at steps <= early_fraction × the budget):
+                              log of the max over the window of max_η L(θ−ηg) / L(θ) (the largest blow-up of the
+                              loss along the gradient, relative to the loss at θ: loss / loss0)
+  grad_change_peak_early_log  log of the max over the early window of max_η ‖∇L(θ−ηg) − g‖ / ‖g‖ (grad_change /
+                              grad_norm)
+  beta_peak_early_log         log of the max over the early window of β_eff = max_η ratio
+                              (any NaN/inf probe value in the early window makes all three +inf)
   edge_ratio          beyond the paper (PROTOCOL §8): mean of lr·λ_max/2 over the checkpoint-wise probes at steps
                       >= curvature_warmup × budget (1 = the edge of stability 2/lr)
   diverged            the loss became NaN/inf; the run keeps its row, flagged, never dropped
@@ -51,7 +58,10 @@ IDENTITY = ("model", "variant", "lr", "seed", "cell", "run_id", "diverged", "div
             "step_budget")
 SUMMARIES = ("steps_to_acc90", "steps_to_acc90_censored", "reached_acc90", "train_acc_auc", "final_train_acc",
              "final_test_acc", "final_train_loss", "train_loss_auc_log", "loss_band_log", "grad_change_log",
-             "beta_q90_log", "ics_rel_log", "ics_cos", "act_drift_log", "edge_ratio")
+             "beta_q90_log", "ics_rel_log", "ics_cos", "act_drift_log", "edge_ratio", "band_peak_early_log",
+             "grad_change_peak_early_log", "beta_peak_early_log")
+EARLY = ("band_peak_early_log", "grad_change_peak_early_log", "beta_peak_early_log")
+_EARLY_INPUTS = ("loss", "grad_change", "ratio", "loss0", "grad_norm")  # every number of a landscape row
 COLUMNS = (*IDENTITY, *SUMMARIES)
 INF = math.inf
 # float32 cross-entropy can round a perfectly fitted batch to exactly 0; floor before log so that it stays finite
@@ -143,6 +153,24 @@ def landscape_summaries(landscape: pd.DataFrame) -> dict:
             "beta_q90_log": float(_log(nearest_rank_quantile(beta, 0.9)))}
 
 
+def early_peak_summaries(landscape: pd.DataFrame) -> dict:
+    """The registry-v3 early-window peaks of one run's landscape rows inside the early window (≥ 1 row).
+
+    The standard network's early effect is rare, huge spikes (STATS.md "Registry v3 additions"); a mean or a
+    quantile over the window would dilute them, so each summary is the log of the window's maximum. The loss and
+    gradient peaks are relative to the probe's own L(θ) and ‖g‖, so they compare runs whose loss scales differ.
+    Any NaN/inf number in the window (a blown-up η) makes all three +inf: the worst value, never skipped.
+    """
+    values = landscape[list(_EARLY_INPUTS)].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        return dict.fromkeys(EARLY, INF)
+    loss, change, ratio, loss0, grad_norm = values.T
+    with np.errstate(divide="ignore"):  # ‖g‖ = 0 leaves `ratio` NaN, so it never reaches here
+        band, grad = np.max(loss / np.maximum(loss0, _TINY)), np.max(change / grad_norm)
+    return {"band_peak_early_log": float(_log(band)), "grad_change_peak_early_log": float(_log(grad)),
+            "beta_peak_early_log": float(_log(np.max(ratio)))}
+
+
 def ics_summaries(ics: pd.DataFrame) -> dict:
     """ics_rel_log and ics_cos of one run's ICS rows inside the window (≥ 1 row)."""
     values = ics[["l2", "rel", "cos"]].to_numpy(dtype=np.float64)
@@ -169,17 +197,20 @@ def act_drift_log(act: pd.DataFrame) -> float | None:
 
 def probe_summaries(tables: dict[str, pd.DataFrame], cfg: SummarizeConfig, budget: int, *,
                     diverged: bool) -> dict:
-    """Every dense-probe summary of one run from its landscape, ics and act_channels rows (all steps).
+    """Every dense-probe summary of one run from its landscape, ics and act_channels rows (all steps): the
+    probe_window summaries, and the early-window peaks over steps [0, early_fraction × budget].
 
     A table that is absent or empty (probes off) gives None (not measured); a diverged run with no probe inside the
     window gives the worst value (it blew up before it could be measured).
     """
-    lo, hi = cfg.probe_window[0] * budget, cfg.probe_window[1] * budget
+    window = (cfg.probe_window[0] * budget, cfg.probe_window[1] * budget)
+    early = (0.0, cfg.early_fraction * budget)
     out: dict = {}
-    jobs = (("landscape", ("loss_band_log", "grad_change_log", "beta_q90_log"), landscape_summaries),
-            ("ics", ("ics_rel_log", "ics_cos"), ics_summaries),
-            ("act_channels", ("act_drift_log",), lambda t: {"act_drift_log": act_drift_log(t)}))
-    for name, keys, summarise in jobs:
+    jobs = (("landscape", ("loss_band_log", "grad_change_log", "beta_q90_log"), landscape_summaries, window),
+            ("ics", ("ics_rel_log", "ics_cos"), ics_summaries, window),
+            ("act_channels", ("act_drift_log",), lambda t: {"act_drift_log": act_drift_log(t)}, window),
+            ("landscape", EARLY, early_peak_summaries, early))
+    for name, keys, summarise, (lo, hi) in jobs:
         table = tables.get(name)
         if table is None or table.empty:
             out.update(dict.fromkeys(keys))

@@ -1,8 +1,10 @@
-"""The claims registry in params.yaml (read from the file, never copied) against STATS.md "Claims registry v2", its
-validation (errors name the key path) and the vocabulary it is written in."""
+"""The claims registry in params.yaml (read from the file, never copied) against STATS.md "Claims registry v2" and
+"Registry v3 additions" (early-window claims, seeds, post hoc claims, the reduced-scale twins), its validation
+(errors name the key path) and the vocabulary it is written in."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -48,6 +50,15 @@ STATS_TABLE = {
                 0.9),
     "C13_dln": ("secondary_dln", "train_loss_auc_log", D, "l1", "bn", 1e-6, "superiority", "lower", "ratio", 0.9),
 }
+E = ("superiority", "lower", "ratio", 0.5)  # registry v3: bn/standard < 1, sesoi 0.5
+EARLY = {"C3e": "band_peak_early_log", "C4e": "grad_change_peak_early_log", "C5e": "beta_peak_early_log"}
+# STATS.md "Registry v3 additions": id -> (family, metric, model, lr, seeds)
+V3_TABLE = {
+    **{cid: ("early", metric, V, 0.1, None) for cid, metric in EARLY.items()},
+    **{f"{cid}_dln": ("dln_early", metric, D, 1e-6, (5, 19)) for cid, metric in EARLY.items()},
+    **{f"{cid}_dln_posthoc": ("post_hoc", metric, D, 1e-6, (0, 4)) for cid, metric in EARLY.items()},
+}
+V2_DLN = ("C3_dln", "C4_dln", "C5_dln", "C6_dln", "C12_dln", "C13_dln", "C14_dln", "C11_dln")  # seeds as run: 0-4
 # exploratory (STATS.md: BN increases ICS on the DLN at lr 1e-7; ICS claims at VGG lr 0.01; λ_max vs 2/lr)
 EXPLORATORY = {
     "C14_dln": ("ics_rel_log", D, "bn", "standard", 1e-7, "superiority", "higher"),
@@ -60,7 +71,9 @@ EXPLORATORY = {
 
 
 def test_the_registry_is_stats_md_table_row_by_row():
-    assert set(SPECS) == set(STATS_TABLE) | set(EXPLORATORY)
+    paper = set(STATS_TABLE) | set(EXPLORATORY) | set(V3_TABLE)
+    twins = {f"{c}_cpu" for c in paper if SPECS[c].model == V}
+    assert set(SPECS) == paper | twins
     for cid, (family, metric, model, a, b, lr, kind, direction, scale, bound) in STATS_TABLE.items():
         c = SPECS[cid]
         assert (c.family, c.metric, c.model, c.arm_a, c.arm_b, c.lr, c.type, c.direction, c.scale) == (
@@ -71,6 +84,34 @@ def test_the_registry_is_stats_md_table_row_by_row():
         assert (c.family, c.metric, c.model, c.arm_a, c.arm_b, c.lr, c.type, c.direction) == (
             "exploratory", metric, model, a, b, pytest.approx(lr), kind, direction), cid
     assert SPECS["C9"].reference == 0.1 and SPECS["C10"].reference == 1.0
+    for cid, (family, metric, model, lr, seeds) in V3_TABLE.items():
+        c = SPECS[cid]
+        assert (c.family, c.metric, c.model, c.arm_a, c.arm_b, c.lr, c.seeds) == (
+            family, metric, model, "bn", "standard", pytest.approx(lr), seeds), cid
+        assert (c.type, c.direction, c.scale, c.sesoi) == E, cid
+    assert all(SPECS[c].seeds == (0, 4) for c in V2_DLN)
+    assert all(c.seeds is None for c in SPECS.values() if c.model != D)
+
+
+def test_every_vgg_claim_has_a_reduced_scale_twin():
+    """Same metric, arms, lr, type, direction, sesoi/margin, rationale and figure; model vgg_cpu; id and family
+    suffixed _cpu; the hypothesis says so."""
+    vgg = [c for c in SPECS.values() if c.model == V]
+    assert {c.id for c in vgg} >= {"C1", "C2a", "C2b", "C2c", "C3", "C3e", "C4e", "C5e", "C8", "C9", "C10", "C11",
+                                   "C6_lr001", "C6cos_lr001"}
+    for c in vgg:
+        twin = SPECS[f"{c.id}_cpu"]
+        assert twin == dataclasses.replace(c, id=f"{c.id}_cpu", family=f"{c.family}_cpu", model="vgg_cpu",
+                                           hypothesis=f"{c.hypothesis} (reduced-scale VGG)"), c.id
+    assert {c.family for c in SPECS.values() if c.model == "vgg_cpu"} == {
+        "primary_cpu", "early_cpu", "secondary_lp_cpu", "secondary_lr_cpu", "secondary_noisy_cpu", "exploratory_cpu"}
+
+
+def test_hypotheses_state_a_direction_not_a_minimum_effect():
+    """STATS.md v3: "at least X" only where the test is against X (a non-inferiority margin), never for a sesoi."""
+    for c in SPECS.values():
+        if c.type == "superiority":
+            assert not re.search(r"at least|by \d|\d(\.\d+)?x\b", c.hypothesis), c.id
 
 
 def test_every_claim_declares_its_figure_and_its_threshold_with_a_reason():
@@ -82,6 +123,8 @@ def test_every_claim_declares_its_figure_and_its_threshold_with_a_reason():
             assert c.margin is not None and c.sesoi is None and c.rationale, c.id
     assert {c.id for c in SPECS.values() if c.family == "primary"} == {"C1", "C2a", "C2b", "C2c", "C3", "C4", "C5",
                                                                      "C6", "C6cos"}
+    assert {c.id for c in SPECS.values() if c.family == "primary_cpu"} == {
+        f"{c}_cpu" for c in ("C1", "C2a", "C2b", "C2c", "C3", "C4", "C5", "C6", "C6cos")}
 
 
 def test_the_vocabulary_the_registry_is_written_in():
@@ -129,6 +172,13 @@ C2B, C1 = next(i for i, e in enumerate(RAW) if e["id"] == "C2b"), next(i for i, 
     (C2B, {"model": "dln"}, "claims[1].metric: 'final_train_acc' is not measured for model 'dln'"),
     (C2B, {"arm_b": "2/lr"}, "claims[1].reference: give a reference value exactly when arm_b is one of chance, 2/lr"),
     (C2B, {"alpha": 0.9}, "claims[1].alpha: must be in (0, 0.5]"),
+    (C1, {"seeds": [5]}, "claims[1].seeds: must be [first, last], two integer seed indices (inclusive), got [5]"),
+    (C1, {"seeds": [5, "19"]}, "claims[1].seeds: must be [first, last], two integer seed indices"),
+    (C1, {"seeds": [True, 3]}, "claims[1].seeds: must be [first, last], two integer seed indices"),
+    (C1, {"seeds": 5}, "claims[1].seeds: must be [first, last]"),
+    (C1, {"seeds": [19, 5]}, "claims[1].seeds: must be [first, last] with 0 <= first <= last, got [19, 5]"),
+    (C1, {"seeds": [-1, 4]}, "claims[1].seeds: must be [first, last] with 0 <= first <= last, got [-1, 4]"),
+    (C2B, {"family": "post_hoc_cpu"}, "claims[1].family: unknown value 'post_hoc_cpu'"),
 ])
 def test_parse_claims_errors_name_the_key(base, raw, message):
     first = dict(RAW[C1], id="C0") if base == C1 else RAW[C1]

@@ -16,12 +16,15 @@ import pytest
 from bnflow.config import from_dict, load_params, read_yaml
 from bnflow.errors import DataError
 from bnflow.results import load_runs, missing_cells, present_cells
-from bnflow.summarize import (COLUMNS, accuracy_summaries, act_drift_log, edge_ratio, ics_summaries,
-                              landscape_summaries, loss_summaries, nearest_rank_quantile, probe_summaries, summarize)
+from bnflow.errors import ConfigError
+from bnflow.summarize import (COLUMNS, EARLY, accuracy_summaries, act_drift_log, early_peak_summaries, edge_ratio,
+                              ics_summaries, landscape_summaries, loss_summaries, nearest_rank_quantile,
+                              probe_summaries, summarize)
 from conftest import ROOT
 
 CFG = load_params(ROOT / "params.yaml").summarize.__class__(
-    acc_threshold=0.9, smooth_window=2, auc_steps=30, final_window=2, probe_window=(0.0, 1.0), curvature_warmup=0.5)
+    acc_threshold=0.9, smooth_window=2, auc_steps=30, final_window=2, probe_window=(0.0, 1.0), curvature_warmup=0.5,
+    early_fraction=0.1)
 
 
 def metrics(accs, *, step=10, test=None, losses=None) -> pd.DataFrame:
@@ -82,7 +85,9 @@ def test_loss_summaries_by_hand():
 
 # --------------------------------------------------------------------------------------------------------- probes
 LAND = pd.DataFrame({"step": [0, 0, 10, 10], "eta": [1, 2, 1, 2], "loss": [1.0, 3.0, 2.0, 2.5],
-                     "grad_change": [1.0, 4.0, 2.0, 1.0], "ratio": [1.0, 2.0, 8.0, 0.5]})
+                     "grad_change": [1.0, 4.0, 2.0, 1.0], "ratio": [1.0, 2.0, 8.0, 0.5],
+                     "loss0": [2.0, 2.0, 1.0, 1.0], "grad_norm": [2.0, 2.0, 4.0, 4.0],
+                     "direction": ["gradient"] * 4})  # landscape.csv's layout (README "probe tables")
 ICS = pd.DataFrame({"step": [0, 0, 10], "layer": [5, 10, 5], "l2": [1.0, 1.0, 1.0], "rel": [0.5, 2.0, 1.0],
                     "cos": [0.5, 0.7, 0.9]})
 
@@ -108,6 +113,44 @@ def test_beta_quantile_is_nearest_rank_and_ranks_a_blow_up_last():
     assert nearest_rank_quantile(np.arange(1.0, 11.0), 0.9) == 9.0
     assert nearest_rank_quantile(np.array([*range(1, 10), math.inf], dtype=float), 0.9) == 9.0
     assert nearest_rank_quantile(np.array([*range(1, 9), math.inf, math.inf], dtype=float), 0.9) == math.inf
+
+
+def test_early_peaks_by_hand():
+    # loss/loss0: 0.5, 1.5 (step 0), 2, 2.5 (step 10); grad_change/grad_norm: 0.5, 2, 0.5, 0.25; ratio max 8
+    out = early_peak_summaries(LAND)
+    assert out == pytest.approx({"band_peak_early_log": math.log(2.5), "grad_change_peak_early_log": math.log(2.0),
+                                 "beta_peak_early_log": math.log(8.0)})
+
+
+def test_the_early_window_is_the_first_early_fraction_of_the_budget():
+    tables = {"landscape": LAND}
+    whole = probe_summaries(tables, CFG, 100, diverged=False)  # window [0, 10]: both probes
+    assert [whole[k] for k in EARLY] == pytest.approx([math.log(2.5), math.log(2.0), math.log(8.0)])
+    first = probe_summaries(tables, CFG, 50, diverged=False)  # window [0, 5]: step 0 only
+    assert [first[k] for k in EARLY] == pytest.approx([math.log(1.5), math.log(2.0), math.log(2.0)])
+    # the whole-run summaries keep their own window (probe_window [0, 1]): both probes
+    assert first["beta_q90_log"] == pytest.approx(math.log(8.0))
+    late = LAND.assign(step=LAND.step + 20)  # no probe at steps <= 10
+    assert [probe_summaries({"landscape": late}, CFG, 100, diverged=False)[k] for k in EARLY] == [None] * 3
+    assert [probe_summaries({"landscape": late}, CFG, 100, diverged=True)[k] for k in EARLY] == [math.inf] * 3
+
+
+@pytest.mark.parametrize("column", ["loss", "grad_change", "ratio", "loss0", "grad_norm"])
+def test_a_blown_up_value_in_the_early_window_makes_every_peak_inf(column):
+    land = LAND.copy()
+    land.loc[3, column] = float("nan")  # step 10, inside the window at budget 100, outside it at budget 50
+    assert [probe_summaries({"landscape": land}, CFG, 100, diverged=False)[k] for k in EARLY] == [math.inf] * 3
+    assert all(math.isfinite(probe_summaries({"landscape": land}, CFG, 50, diverged=False)[k]) for k in EARLY)
+    land.loc[3, column] = float("inf")
+    assert early_peak_summaries(land) == dict.fromkeys(EARLY, math.inf)
+
+
+@pytest.mark.parametrize("value, message", [(0.0, "must be > 0"), (1.5, "must be <= 1"), ("0.1", "expected a number")])
+def test_early_fraction_is_validated(value, message):
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["summarize"]["early_fraction"] = value
+    with pytest.raises(ConfigError, match=rf"^summarize\.early_fraction: {message}"):
+        from_dict(raw)
 
 
 def test_ics_summaries_and_their_blow_up():
@@ -159,6 +202,8 @@ def tree_params(tmp_path: Path):
     raw = read_yaml(ROOT / "params.yaml")
     raw["out_dir"] = str(tmp_path)
     raw["train"]["seeds"]["n"] = 2
+    # the hand-made cells, whatever the default grid holds (a cell outside the grid is never summarized)
+    raw["train"]["grid"].update({cell: {"model": m, "variant": v, "lr": lr} for cell, (m, v, lr) in CELLS.items()})
     raw["train"]["vgg"].update(steps=200, checkpoint_steps=[0, 200])
     raw["train"]["dln"].update(steps=100, checkpoint_steps=[0, 100])
     raw["summarize"].update(auc_steps=100, smooth_window=1, final_window=2)
@@ -224,6 +269,9 @@ def test_runs_csv_by_hand_on_a_partial_grid(tree, tmp_path):
     assert row["final_train_loss"] == format(np.mean([2 / 101, 2 / 151]), ".6g")
     assert row["loss_band_log"] == format(math.log(2.0 / 1.5), ".6g")  # losses 1.5 and 2 at every probe
     assert row["edge_ratio"] == "1.1" and row["diverged_at_step"] == "" and row["act_drift_log"] != ""
+    # early window: steps <= 0.1 x 200, the probe at step 0 only: peak loss/L(θ) 2, change/‖g‖ 1, β_eff 1
+    early = (row["band_peak_early_log"], row["grad_change_peak_early_log"], row["beta_peak_early_log"])
+    assert early == (format(math.log(2.0), ".6g"), "0", "0")
     dln = dict(zip(COLUMNS, lines[1].split(",")))
     assert dln["steps_to_acc90"] == dln["reached_acc90"] == dln["final_test_acc"] == ""  # no accuracy on a DLN
     gone = dict(zip(COLUMNS, lines[6].split(",")))  # vgg standard s1, NaN loss at step 130

@@ -4,12 +4,17 @@ ratio); margins and sesoi are mapped there first (log for the ratio scale).
 - supported: the adjusted p is below alpha AND the two-sided CI lies entirely on the claimed side of no effect
   (superiority), of the margin (non-inferiority), or inside the band (equivalence). A p above alpha never supports
   anything, so "no significant difference" is never read as "not worse".
-- contradicted: the CI lies entirely on the other side (of no effect, of the margin, outside the band). This uses
-  the unadjusted CI, so the bar for contradicting a paper's claim is lower than for supporting it.
 - not_reproduced (superiority only): the CI lies entirely inside (−s, s), s the claim's smallest effect of interest
-  on the test scale (|log sesoi| for a ratio): any effect is smaller than the claim's. Lets a null result fail.
+  on the test scale (|log sesoi| for a ratio): any effect is smaller than the claim's. Lets a null result fail. It
+  takes precedence over contradicted (registry v3): a CI inside the band that also lies on the other side of no
+  effect is a negligible effect the wrong way, flagged opposite_side, not a contradiction of the claim.
+- contradicted: the CI lies entirely on the other side (of no effect, of the margin, outside the band) and, for
+  superiority, reaches beyond the no-effect band. This uses the unadjusted CI, so the bar for contradicting a
+  paper's claim is lower than for supporting it.
 - inconclusive: everything else, including a claim that could not be tested (n < 2, no variance, no values).
-- not_run_yet: an arm has no run at all in runs.csv (a partial grid); decided before any test.
+- not_run_yet: an arm has no run at all in runs.csv (a partial grid), or lacks a seed of the claim's `seeds` range;
+  decided before any test.
+- post_hoc: every evaluated claim of the post_hoc family (bnflow.stats.evaluate), whatever these rules say.
 For one-sided tests (non-inferiority, TOST, C8's exact test) a 95% two-sided CI is stricter than the test at
 alpha = 0.05 (it matches a one-sided 2.5% test, the usual convention for non-inferiority trials), so there the CI
 decides.
@@ -19,7 +24,10 @@ arms are runs but their seeds differ: Welch), censoring>50%, zero_variance, boot
 better) in claims.json rests on <= 5 runs per arm and under-covers), robustness_disagrees (the robustness test and
 the primary test fall on different sides of alpha, unadjusted; only where the robustness test can reach alpha at
 this n, i.e. its smallest possible p, robust_min_p in claims.json, is below alpha), inf_rank_primary (an arm holds
-an infinite value: the rank test is primary), diverged_runs (diverged runs are in the arms, kept with the values
+an infinite value: the rank test is primary), robustness_floor (the exact robustness test cannot reach alpha at this
+n, e.g. the sign flip of 5 seeds: p >= 0.0625, so its p neither confirms nor contradicts), seeds_missing (not_run_yet:
+the claim's seed range is not all run), opposite_side (not_reproduced, and the CI also lies entirely on the other
+side of no effect), diverged_runs (diverged runs are in the arms, kept with the values
 summarize gave them), missing_excluded (runs without a value were left out, counted in n_excluded), no_values (an
 arm has runs but no values: not measured), not_in_grid (a not_run_yet arm is not even in train.grid), underpowered
 (inconclusive rows only: the CI is wider than the effect it should resolve), below_sesoi (supported or contradicted,
@@ -73,10 +81,10 @@ def decide_verdict(claim_type: str, direction: str, *, p_adj: float, ci_low: flo
     lo, hi = sorted((sign * ci_low, sign * ci_high))
     if significant and lo > sign * bound:
         return "supported"
+    if claim_type == "superiority" and sesoi is not None and -sesoi < ci_low and ci_high < sesoi:
+        return "not_reproduced"  # before contradicted: a negligible effect the wrong way (flag opposite_side)
     if hi < sign * bound:
         return "contradicted"
-    if claim_type == "superiority" and sesoi is not None and -sesoi < ci_low and ci_high < sesoi:
-        return "not_reproduced"
     return "inconclusive"
 
 
@@ -89,9 +97,10 @@ def resolution_needed(claim_type: str, margin: float | None, sesoi: float | None
     return abs(margin)
 
 
-def verdict_flags(verdict: str, claim_type: str, *, ci: tuple[float, float], margin: float | None,
+def verdict_flags(verdict: str, claim_type: str, direction: str, *, ci: tuple[float, float], margin: float | None,
                   sesoi: float | None) -> set[str]:
-    """The flags that depend on the verdict: underpowered (inconclusive only) and below_sesoi."""
+    """The flags that depend on the verdict: underpowered (inconclusive only), below_sesoi (supported, the CI
+    inside the no-effect band) and opposite_side (not_reproduced, the CI wholly on the unclaimed side of 0)."""
     lo, hi = ci
     flags: set[str] = set()
     if math.isnan(lo) or math.isnan(hi):
@@ -100,6 +109,8 @@ def verdict_flags(verdict: str, claim_type: str, *, ci: tuple[float, float], mar
         flags.add("underpowered")
     if verdict in ("supported", "contradicted") and sesoi is not None and -sesoi < lo and hi < sesoi:
         flags.add("below_sesoi")
+    if verdict == "not_reproduced" and (hi < 0 if direction == "higher" else lo > 0):
+        flags.add("opposite_side")
     return flags
 
 

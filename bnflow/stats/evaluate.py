@@ -9,9 +9,10 @@ Per claim, on the test scale (a difference, or a log ratio; ratio-scale numbers 
   (paired, with the Hodges–Lehmann CI from Walsh averages) or Mann–Whitney (unpaired, Hodges–Lehmann CI).
 - robustness in claims.json: the exact sign-flip test (paired), the rank permutation test (unpaired) or McNemar's
   exact test (paired proportions), and, for paired claims, the unpaired Welch row.
-Then p-values are adjusted per family (Holm for primary, BH for secondary_*, none for exploratory) and
-bnflow.stats.decide gives the verdict. Every resampling runs on arms sorted by seed, from generators seeded by
-(stats seed, claim id), so runs.csv's row order never changes a number.
+A claim with a `seeds` range uses only those seeds, and is not_run_yet until an arm holds every one of them.
+Then p-values are adjusted per family (vocab.FAMILY_METHODS: Holm, BH or none) and bnflow.stats.decide gives the
+verdict (post_hoc for every evaluated claim of the post_hoc family). Every resampling runs on arms sorted by seed,
+from generators seeded by (stats seed, claim id), so runs.csv's row order never changes a number.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bnflow.stats.ranks import (hodges_lehmann_ci, prob_a_better, rank_test, sig
                                 walsh_ci)
 from bnflow.stats.registry import (METRICS, Arm, cell_of, check_runs, claim_rng, group_runs, is_reference,
                                    natural_key, reference_arm, select_arm)
-from bnflow.vocab import REFERENCE_ARMS
+from bnflow.vocab import POST_HOC, REFERENCE_ARMS
 
 COLUMNS = ("claim_id", "family", "hypothesis", "metric", "scale", "arm_a", "arm_b", "lr", "n_a", "n_b", "n_excluded",
            "estimate", "ci_low", "ci_high", "ci_level", "margin", "test", "alternative", "statistic", "p_raw", "p_adj",
@@ -106,16 +107,22 @@ def _evaluate_one(groups: Mapping, claim: ClaimSpec, *, seed: int, ci_level: flo
                p_raw=NAN, p_adj=NAN, adj_method="", alpha=claim.alpha, prob_a_better=NAN, verdict="inconclusive",
                flags="")
     extra = dict(figure=claim.figure, direction=claim.direction, sesoi=claim.sesoi, rationale=claim.rationale,
-                 paired=False, robust_test="none", robust_p=NAN, df=NAN, mean_a=NAN, mean_b=NAN,
+                 model=claim.model, seeds=None if claim.seeds is None else list(claim.seeds), paired=False,
+                 robust_test="none", robust_p=NAN, df=NAN, mean_a=NAN, mean_b=NAN,
                  n_diverged_a=a.n_diverged, n_diverged_b=b.n_diverged, prob_a_better_ci_low=NAN,
                  prob_a_better_ci_high=NAN)
     if ref:
         extra.update(reference=claim.reference, reference_label=REFERENCE_ARMS[claim.arm_b])
     out = _Outcome(row, extra)
-    absent = [cell_of(claim, v) for v, arm in ((claim.arm_a, a), (claim.arm_b, b)) if arm.n_runs == 0 and
-              not (ref and v == claim.arm_b)]
-    if absent:
-        extra["missing_cells"] = absent
+    arms = [(v, arm) for v, arm in ((claim.arm_a, a), (claim.arm_b, b)) if not (ref and v == claim.arm_b)]
+    absent = [cell_of(claim, v) for v, arm in arms if arm.n_runs == 0 and not arm.missing_seeds]
+    partial = {cell_of(claim, v): list(arm.missing_seeds) for v, arm in arms if arm.missing_seeds}
+    if absent or partial:
+        if absent:
+            extra["missing_cells"] = absent
+        if partial:  # a claim's named seeds, not all run yet: never a smaller n
+            extra["missing_seeds"] = partial
+            out.flags.add("seeds_missing")
         if grid is not None and any(c not in grid for c in absent):
             out.flags.add("not_in_grid")
         row["verdict"], out.not_run = "not_run_yet", True
@@ -172,8 +179,10 @@ def _evaluate_one(groups: Mapping, claim: ClaimSpec, *, seed: int, ci_level: flo
         out.flags.add("bootstrap_n<=5")
     robust_p = extra["robust_p"]
     # An exact test that cannot reach alpha at this n (the sign flip of 5 seeds: p >= 2/32) says nothing by not
-    # rejecting: only a robustness test that could have agreed may disagree.
+    # rejecting (flag robustness_floor): only a robustness test that could have agreed may disagree.
     able = extra.get("robust_min_p", 0.0) < claim.alpha
+    if not math.isnan(robust_p) and not able:
+        out.flags.add("robustness_floor")
     if not (math.isnan(robust_p) or math.isnan(p)) and able and (p < claim.alpha) != (robust_p < claim.alpha):
         out.flags.add("robustness_disagrees")
     return out
@@ -304,7 +313,10 @@ def _decide(claim: ClaimSpec, out: _Outcome) -> None:
     sesoi = sesoi_on_test_scale(claim.sesoi, claim.scale)
     row["verdict"] = decide_verdict(claim.type, claim.direction, p_adj=row["p_adj"], ci_low=out.ci[0],
                                     ci_high=out.ci[1], alpha=claim.alpha, margin=margin, sesoi=sesoi)
-    out.flags |= verdict_flags(row["verdict"], claim.type, ci=out.ci, margin=margin, sesoi=sesoi)
+    if claim.family == POST_HOC:  # the look that generated a hypothesis cannot confirm it, whatever the numbers
+        row["verdict"] = POST_HOC
+        return
+    out.flags |= verdict_flags(row["verdict"], claim.type, claim.direction, ci=out.ci, margin=margin, sesoi=sesoi)
     if row["verdict"] == "inconclusive":
         out.extra["reason"] = inconclusive_reason(claim.type, claim.direction, p_adj=row["p_adj"], ci=out.ci,
                                                   alpha=claim.alpha, margin=margin, sesoi=sesoi)

@@ -1,5 +1,6 @@
-"""Multiplicity adjustment of claim p-values (STATS.md): Holm for the primary family, Benjamini–Hochberg within each
-secondary family, none for exploratory claims.
+"""Multiplicity adjustment of claim p-values (STATS.md): Holm for the confirmatory families (primary, early,
+dln_early and their reduced-scale twins), Benjamini–Hochberg within each secondary family, none for exploratory and
+post hoc claims. The family → method table is vocab.FAMILY_METHODS; nothing here tests family names.
 
 A declared claim whose p-value is missing (an arm without runs) still counts in its family's size m: it was declared
 before the results existed, and dropping it would make the other claims easier to pass.
@@ -11,18 +12,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bnflow.vocab import FAMILY_METHODS
+
 METHODS = ("holm", "bh", "none")
 
 
 def family_method(family: str) -> str:
-    """The adjustment a claims family gets: "holm" (primary), "bh" (secondary_*), "none" (exploratory)."""
-    if family == "primary":
-        return "holm"
-    if family.startswith("secondary_"):
-        return "bh"
-    if family == "exploratory":
-        return "none"
-    raise ValueError(f"unknown claims family {family!r}")
+    """The adjustment a claims family gets (vocab.FAMILY_METHODS): "holm", "bh" or "none"."""
+    try:
+        return FAMILY_METHODS[family]
+    except KeyError:
+        raise ValueError(f"unknown claims family {family!r}; known: {', '.join(FAMILY_METHODS)}") from None
 
 
 def _prepare(p: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -53,12 +53,27 @@ METRIC_TEXT = {
     "ics_cos": "the ICS cosine cos(G, G')",
     "act_drift_log": "the drift of the activation moments",
     "edge_ratio": "lr·λ_max/2",
+    "band_peak_early_log": "the early-window peak of the loss along the gradient relative to L(θ)",
+    "grad_change_peak_early_log": "the early-window peak of the gradient change relative to ‖g‖",
+    "beta_peak_early_log": "the early-window peak of the effective beta-smoothness",
 }
 """Every claim metric has a phrase (a test checks it)."""
 
 
+def seed_text(seeds: Sequence[int] | None) -> str:
+    """A seed range or list as a reader writes it: "5–19", "3", "0–4, 7" (consecutive seeds joined)."""
+    runs: list[list[int]] = []
+    for s in sorted(seeds or ()):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
 def natural_key(claim_id: str) -> tuple:
-    """Sort key for claim ids: paper claims by number (C2a < C9 < C10), then the deep linear network's (`_dln`).
+    """Sort key for claim ids: paper claims by number (C2a < C9 < C10), then the deep linear network's (`_dln`); a
+    reduced-scale twin (`_cpu`) sorts right after its paper-scale claim (C1, C1_cpu, C2a).
 
     The id is split into runs of digits and non-digits (digits compared as numbers), so the key alternates str/int
     at the same positions for every id and ids always compare.
@@ -90,6 +105,8 @@ class Arm:
         n_runs: rows of this arm in the runs table (0: the cell is not run yet).
         n_excluded: runs without a value (NaN: not measured), left out.
         n_diverged: kept runs that diverged.
+        missing_seeds: seeds of the claim's `seeds` range that the cell lacks (runs.csv has no row for them); empty
+            when the claim names no range, and when the cell has no run at all (then n_runs is 0).
     """
 
     seeds: np.ndarray
@@ -99,6 +116,7 @@ class Arm:
     n_runs: int
     n_excluded: int
     n_diverged: int
+    missing_seeds: tuple[int, ...] = ()
 
     @property
     def n(self) -> int:
@@ -125,13 +143,20 @@ def select_arm(groups: Mapping[tuple[str, str, str], pd.DataFrame], claim: Claim
     """One arm of `claim` from group_runs' parts, sorted by seed, with STATS.md's missing-value rules.
 
     Diverged runs are kept with their value (summarize gives them the worst one); a run whose value is NaN (not
-    measured, e.g. dense probes off) is left out and counted in n_excluded.
+    measured, e.g. dense probes off) is left out and counted in n_excluded. A claim with a `seeds` range takes only
+    the runs of those seeds, and lists the range's seeds the cell lacks (the claim is then not run yet: a partial
+    seed set never silently shrinks n).
     """
     kind = METRICS[claim.metric].kind
     sel = groups.get((claim.model, variant, format_lr(claim.lr)))
-    if sel is None:
+    missing: tuple[int, ...] = ()
+    if sel is not None and claim.seeds is not None:
+        first, last = claim.seeds
+        sel = sel[(sel["seed"] >= first) & (sel["seed"] <= last)]
+        missing = tuple(sorted(set(range(first, last + 1)) - set(sel["seed"].astype(int))))
+    if sel is None or sel.empty:
         empty = np.zeros(0)
-        return Arm(empty.astype(np.int64), empty, empty.astype(bool), empty, 0, 0, 0)
+        return Arm(empty.astype(np.int64), empty, empty.astype(bool), empty, 0, 0, 0, missing)
     values, diverged = _floats(sel, claim.metric), _floats(sel, "diverged") != 0
     censored = np.zeros(values.size, dtype=bool)
     budget = np.full(values.size, np.nan)
@@ -142,7 +167,7 @@ def select_arm(groups: Mapping[tuple[str, str, str], pd.DataFrame], claim: Claim
     keep = ~np.isnan(values)
     seeds = sel["seed"].to_numpy(dtype=np.int64)
     return Arm(seeds[keep], values[keep], censored[keep], budget[keep], int(values.size), int((~keep).sum()),
-               int((keep & diverged).sum()))
+               int((keep & diverged).sum()), missing)
 
 
 def reference_arm(claim: ClaimSpec) -> Arm:

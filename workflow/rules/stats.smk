@@ -23,6 +23,7 @@ rule stats:
         csv=f"{OUT}/stats/claims.csv",
         json=f"{OUT}/stats/claims.json",
         md=f"{OUT}/stats/claims.md",
+        metrics=f"{OUT}/stats/claims_metrics.json",  # the compact numbers `dvc metrics diff` reads
     log:
         f"{OUT}/logs/stats.log",
     params:

@@ -1,0 +1,43 @@
+"""REPORT.md's opening verdict table (issue 22 part 4): built from claims.csv, paper and reduced scale side by side,
+exploratory and post hoc claims labelled, before the figures."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bnflow.figures.report import report_markdown, verdict_table
+
+CLAIMS = pd.DataFrame([
+    # claims.csv's columns that the table reads, in claims.csv's (natural) order: C1_cpu after C1
+    dict(claim_id="C10", family="exploratory", verdict="supported", estimate=0.05, ci_low=0.002111, ci_high=0.09789),
+    dict(claim_id="C1_cpu", family="primary_cpu", verdict="not_run_yet", estimate=math.nan, ci_low=math.nan,
+         ci_high=math.nan),
+    dict(claim_id="C1", family="primary", verdict="supported", estimate=0.3411, ci_low=0.2703, ci_high=0.4305),
+    dict(claim_id="C3e_dln_posthoc", family="post_hoc", verdict="post_hoc", estimate=0.1353, ci_low=0.0873,
+         ci_high=0.2098),
+    dict(claim_id="C3", family="primary", verdict="inconclusive", estimate=0.3345, ci_low=0.0, ci_high=math.inf),
+])
+MODELS = {"C1": "vgg", "C1_cpu": "vgg_cpu", "C10": "vgg", "C3": "vgg", "C3e_dln_posthoc": "dln"}
+
+
+def test_the_verdict_table_by_hand():
+    table = verdict_table(CLAIMS, MODELS)
+    assert list(table.columns) == ["claim", "scale", "verdict", "estimate", "CI", "family"]
+    assert table.values.tolist() == [
+        ["C1", "paper", "supported", "0.3411", "0.2703 to 0.4305", "primary"],
+        ["C1_cpu", "reduced (vgg_cpu)", "not_run_yet", "—", "—", "primary_cpu"],  # side by side with C1
+        ["C3", "paper", "inconclusive", "0.3345", "0 to inf", "primary"],
+        ["C10 (exploratory)", "paper", "supported", "0.05", "0.002111 to 0.09789", "exploratory"],
+        ["C3e_dln_posthoc (post hoc)", "DLN", "post_hoc", "0.1353", "0.0873 to 0.2098", "post_hoc"],
+    ]
+
+
+def test_report_opens_with_the_verdicts_before_the_figures():
+    md = report_markdown([], header="h", claims_md="# Claims\n\n### C1\n", verdicts=verdict_table(CLAIMS, MODELS))
+    assert md.index("## Verdicts") < md.index("## Contents") < md.index("## Figures") < md.index("## Claims")
+    assert "| C1_cpu | reduced (vgg_cpu) | not_run_yet |" in md
+    assert "ratio of geometric-mean losses (exp of the mean log-loss difference), not a ratio of areas" in md
+    assert "[Claims: why each verdict](#claims)" in md and '<a id="claims"></a>' in md
+    assert "## Verdicts" not in report_markdown([], header="h", claims_md=None)  # no claims.csv: no table
