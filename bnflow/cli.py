@@ -263,14 +263,12 @@ def _expand_dvc_stage(argv: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------ one lock for both tools
 def step_outputs(a: argparse.Namespace) -> list[Path]:
     """The outputs a step's command line names, its first one first (the key of its lock, bnflow.io.step_lock)."""
-    outs = {"prepare": [a.output] if a.step == "prepare" else [],
-            "train": [getattr(a, "runs_dir", None), getattr(a, "checkpoints_dir", None)],
-            "probe": [a.output, getattr(a, "full_output", None)] if a.step == "probe" else [],
-            "lrscan": [a.output] if a.step == "lrscan" else [],
-            "summarize": [a.output] if a.step == "summarize" else [],
-            "stats": [a.output / f"claims.{e}" for e in ("csv", "json", "md")] if a.step == "stats" else [],
-            "figures": [a.output, getattr(a, "report", None), getattr(a, "plots_output", None)]}[a.step]
-    return [Path(p) for p in outs if p is not None]
+    names = {"train": ("runs_dir", "checkpoints_dir"), "probe": ("output", "full_output"),
+             "figures": ("output", "report", "plots_output")}.get(a.step, ("output",))
+    outs = [getattr(a, n) for n in names if getattr(a, n, None) is not None]
+    if a.step == "stats":  # --output is the folder of the claims files
+        outs = [outs[0] / f"claims.{e}" for e in ("csv", "json", "md")]
+    return [Path(p) for p in outs]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
