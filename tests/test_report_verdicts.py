@@ -41,3 +41,23 @@ def test_report_opens_with_the_verdicts_before_the_figures():
     assert "ratio of geometric-mean losses (exp of the mean log-loss difference), not a ratio of areas" in md
     assert "[Claims: why each verdict](#claims)" in md and '<a id="claims"></a>' in md
     assert "## Verdicts" not in report_markdown([], header="h", claims_md=None)  # no claims.csv: no table
+
+
+def test_the_figures_step_reads_claims_csv_beside_claims_md(tmp_path):
+    """render's table comes from the claims.csv the stats step wrote next to claims.md; without it, no table."""
+    from bnflow.config import load_params
+    from bnflow.figures.render import _verdicts
+    from bnflow.stats import evaluate_claims, write_claims_csv
+    from conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml")
+    claims = [c for c in params.claims if c.id in ("C12_dln", "C3e", "C3e_cpu")]
+    runs = pd.DataFrame([dict(model="dln", variant=v, lr=1e-6, seed=s, diverged=False, step_budget=100,
+                              train_loss_auc_log=2.0 + 0.1 * s + (0.3 if v == "standard" else 0.0), **{
+                                  "band_peak_early_log": 1.0}) for v in ("bn", "standard") for s in range(5)])
+    write_claims_csv(evaluate_claims(runs, claims, seed=0), tmp_path / "claims.csv")
+    table = _verdicts(params, tmp_path / "claims.csv")
+    assert table[["claim", "scale", "verdict"]].values.tolist() == [
+        ["C3e", "paper", "not_run_yet"], ["C3e_cpu", "reduced (vgg_cpu)", "not_run_yet"],
+        ["C12_dln", "DLN", "supported"]]
+    assert _verdicts(params, tmp_path / "absent.csv") is None

@@ -118,7 +118,9 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
 
 def _verdicts(params: Params, claims_csv: Path) -> pd.DataFrame | None:
     """REPORT.md's verdict table from the claims.csv the stats step wrote beside claims.md; None when it is absent
-    (claims.md alone, e.g. an older stats output: the report then lists the claims without the table)."""
+    (claims.md alone, e.g. an older stats output: the report then lists the claims without the table). The step
+    declares claims.md as its input: the stats step writes both files from one table, and claims.md holds every
+    number the table shows (verdict, estimate, CI, family), so the table never goes stale while claims.md is current."""
     if not claims_csv.exists():
         log.info("%s: absent, REPORT.md opens without the verdict table", claims_csv)
         return None
