@@ -48,6 +48,7 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/lrscan.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/hooks.smk"
 
 
 rule all:
