@@ -1,7 +1,7 @@
 """The packed-seed rows of bench_train.py (issue 16) and the default grid's extrapolated time.
 
 A packed row trains S seeds of the benchmark's cell as one model (bnflow.train.packed.train_packed, exactly as the
-train step does with `train.execution.mode: packed`) in this process, and times windows of steps from inside the
+train step does with `train.numerics.mode: packed`) in this process, and times windows of steps from inside the
 loop; steps/s is the total over the S seeds. Its levers, each one row: CUDA graphs, channels_last (on by default on
 a GPU: the row without it uses NCHW), torch.compile per mode, bf16 autocast, and dense probes (the probes' overhead
 against the same eager packed row). Rows a device cannot run are listed as skipped, with the reason.

@@ -7,7 +7,7 @@ Four kinds of rows, all measured by this one command on the same device, same mo
                     eager and with `cuda_graphs` (each step replayed as one captured CUDA graph).
   bnflow_aggregate  N such runs at once as N spawned processes on the device (as `train_cell` with parallel_runs=N);
                     steps/s is the total over the N runs.
-  packed            S seeds trained as one model with grouped layers (train.execution.mode: packed, issue 16), in
+  packed            S seeds trained as one model with grouped layers (train.numerics.mode: packed, issue 16), in
                     this process; steps/s is the total over the S seeds. One row per lever (benchmarks/bench_packed.py):
                     eager, dense probes, CUDA graphs, NCHW instead of channels_last, torch.compile modes, bf16.
                     Under the table: rows the device cannot run (with the reason), and the default grid's VGG

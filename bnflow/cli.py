@@ -20,6 +20,18 @@ from bnflow.errors import BnflowError, ConfigError
 from bnflow.io import LOG_FORMAT, out_of_space, step_lock
 
 log = logging.getLogger("bnflow")
+TORCH_STEPS = ("prepare", "train", "probe", "lrscan")
+"""The steps that compute with torch: each starts with bnflow.train.threads' fixed count, whoever launched it (the
+train step then gives every run train.numerics.threads_per_run); the others never import torch."""
+
+
+def _setup_threads(step: str) -> None:
+    """The step's own torch threads, before any work: one inter-op thread (settable only this early) and
+    STEP_THREADS intra-op, instead of torch's default of one per core, which differs between machines and tools."""
+    if step in TORCH_STEPS:
+        from bnflow.train.threads import STEP_THREADS, set_threads
+
+        set_threads(STEP_THREADS)
 
 
 def quiet_requested(flag: bool) -> bool:
@@ -292,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.info("%s: written by the other run while this one waited; this run replaces it on success",
                          outputs[0])
                 args.force = True
+            _setup_threads(args.step)
             STEPS[args.step][2](params, args)
     except OSError as e:
         if not out_of_space(e):

@@ -22,6 +22,7 @@ from bnflow.gpu import process_device
 from bnflow.io import atomic_path, check_absent, publish_dir, run_provenance, write_json
 from bnflow.train.cell import loop_config
 from bnflow.train.loop import train_loop
+from bnflow.train.threads import STEP_THREADS, threads
 from bnflow.tasks import make_task
 
 log = logging.getLogger("bnflow.lrscan")
@@ -50,6 +51,22 @@ def thresholds(scan: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "variant", "seed", "max_trainable_lr", "first_failing_lr"])
 
 
+def _short_run(params: Params, model: str, cell: Cell, seed: int, data_path: Path, device, scratch: Path) -> dict:
+    """One short run of the scan: its scan.csv row."""
+    cfg, train = params.lrscan, params.train
+    mcfg = getattr(cfg, model)
+    task = make_task(train, cell, seed, data_path, device)
+    loop = loop_config(train, cell, seed, steps=mcfg.steps)
+    state = scratch / "state" / f"{cell.id}-s{seed}"  # one resume state per short run
+    outcome = train_loop(task, loop, state, state, {}, fingerprint=f"lrscan:{cell.id}:{seed}:{mcfg.steps}")
+    shutil.rmtree(state, ignore_errors=True)
+    losses = [r["loss"] for r in outcome.tables["metrics"] if r["split"] == "train"]
+    loss0, final, ok = is_trainable(losses, outcome.diverged, cfg.loss_fraction)
+    log.info("lrscan %s s%d: %s", cell.id, seed, "trainable" if ok else "not trainable")
+    return {"model": model, "variant": cell.variant, "lr": cell.lr, "seed": seed, "steps": mcfg.steps,
+            "diverged": outcome.diverged, "loss0": loss0, "final_loss": final, "trainable": ok}
+
+
 def scan_lrs(params: Params, model: str, data_path: Path, out_dir: Path, *, force: bool = False) -> pd.DataFrame:
     """Run every (variant, lr, seed) of `lrscan.<model>`, write scan.csv, thresholds.csv and summary.json.
 
@@ -64,21 +81,14 @@ def scan_lrs(params: Params, model: str, data_path: Path, out_dir: Path, *, forc
     shutil.rmtree(scratch, ignore_errors=True)  # short runs: a killed scan starts again
     rows = []
     mcfg = getattr(cfg, model)
-    for variant in mcfg.variants:
-        for lr in mcfg.lrs:
-            cell = Cell(model, variant, lr)
-            for seed in range(cfg.seeds):
-                task = make_task(train, cell, seed, data_path, device)
-                loop = loop_config(train, cell, seed, steps=mcfg.steps)
-                state = scratch / "state" / f"{cell.id}-s{seed}"  # one resume state per short run
-                outcome = train_loop(task, loop, state, state, {}, fingerprint=f"lrscan:{cell.id}:{seed}:"
-                                                                                f"{mcfg.steps}")
-                shutil.rmtree(state, ignore_errors=True)
-                losses = [r["loss"] for r in outcome.tables["metrics"] if r["split"] == "train"]
-                loss0, final, ok = is_trainable(losses, outcome.diverged, cfg.loss_fraction)
-                rows.append({"model": model, "variant": variant, "lr": lr, "seed": seed, "steps": mcfg.steps,
-                             "diverged": outcome.diverged, "loss0": loss0, "final_loss": final, "trainable": ok})
-                log.info("lrscan %s s%d: %s", cell.id, seed, "trainable" if ok else "not trainable")
+    # a fixed thread count, whoever starts the step: the scan's numbers never depend on a setting or the machine's
+    # core count (bnflow.train.threads; train.numerics is not among this step's params)
+    with threads(STEP_THREADS):
+        for variant in mcfg.variants:
+            for lr in mcfg.lrs:
+                cell = Cell(model, variant, lr)
+                for seed in range(cfg.seeds):
+                    rows.append(_short_run(params, model, cell, seed, data_path, device, scratch))
     scan = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
     limits = thresholds(scan)
     scratch.mkdir(parents=True, exist_ok=True)

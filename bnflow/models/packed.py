@@ -108,7 +108,7 @@ def _weight_norm_dim(m: nn.Module) -> int | None:
           and type(plist.weight[0]).__name__ == "_WeightNorm")
     if not ok:
         raise PackingError(f"packed execution does not know the parametrisation of this {type(m).__name__}; "
-                           "set train.execution.mode: separate for this variant")
+                           "set train.numerics.mode: separate for this variant")
     return plist.weight[0].dim
 
 
@@ -142,7 +142,7 @@ def _pack_module(m: nn.Module, s: int) -> nn.Module:
     if kind in (nn.Identity, nn.ReLU, nn.MaxPool2d):  # per channel, no state
         return copy.deepcopy(m)
     raise PackingError(f"packed execution does not know how to pack a {kind.__name__} layer; "
-                       "set train.execution.mode: separate for this variant")
+                       "set train.numerics.mode: separate for this variant")
 
 
 def packing_problem(model: nn.Module) -> str | None:

@@ -42,6 +42,7 @@ from bnflow.probes.checkpoint import checkpoint_files, load_checkpoint, write_ma
 from bnflow.probes.runner import TABLES, Prober, ProbePlan
 from bnflow.tasks import make_task, run_facts, run_fingerprint
 from bnflow.train.loop import LoopConfig, RunOutcome, clear_checkpoints, train_loop
+from bnflow.train.threads import set_threads, threads
 from bnflow.vocab import CLASSIFIERS
 
 log = logging.getLogger("bnflow.train")
@@ -174,7 +175,8 @@ def write_run(params: Params, cell_id: str, seed: int, scratch_dir: Path, outcom
     }
     timing = {"wall_s": round(outcome.wall_s, 3),
               "steps_per_s": round(outcome.n_steps / max(outcome.wall_s, 1e-9), 2),
-              "resumed_from_step": outcome.resumed_from, "command": command, "commit": git_revision()}
+              "resumed_from_step": outcome.resumed_from, "command": command, "commit": git_revision(),
+              "torch_threads": torch.get_num_threads()}  # what the run computed with (train.numerics.threads_per_run)
     write_json(where.timing, timing)
     write_json(where.run / "run.json", summary)  # written last: marks the seed finished
     return summary | timing
@@ -221,7 +223,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _worker_init(threads: int, quiet: bool, parent_pid: int, log_files: list[str]) -> None:
     _die_with_parent(parent_pid)
-    torch.set_num_threads(threads)
+    set_threads(threads)  # train.numerics.threads_per_run, as in the step's own process (bnflow.train.threads)
     # the step's --log file too (append mode, like the parent's handler): progress lines land there whatever
     # parallel_runs is
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -232,16 +234,20 @@ def _worker_init(threads: int, quiet: bool, parent_pid: int, log_files: list[str
 
 def _train_seeds(params: Params, cell_id: str, seed_list: list[int], data_path: Path | None, scratch: Path,
                  device: torch.device, quiet: bool, command: str) -> list[dict[str, Any]]:
-    """train_seed for every seed of `seed_list`, up to train.execution.parallel_runs at once (spawned workers)."""
+    """train_seed for every seed of `seed_list`, up to train.execution.parallel_runs at once (spawned workers).
+
+    Every run gets train.numerics.threads_per_run intra-op threads, in a worker or in this process (train_cell sets
+    this process's), so how many run at once never changes a number (bnflow.train.threads).
+    """
     plain = to_plain(params)
     jobs = [(plain, cell_id, s, str(data_path) if data_path else None, str(scratch), str(device), command)
             for s in seed_list]
+    threads = params.train.numerics.threads_per_run
     procs = min(params.train.execution.parallel_runs, len(jobs))
-    if device.type == "cpu":
-        procs = min(procs, os.cpu_count() or 1)
+    if device.type == "cpu":  # no more threads than cores: oversubscribed OpenMP threads stall each other
+        procs = min(procs, max(1, (os.cpu_count() or 1) // threads))
     if procs <= 1:
         return [train_seed(*job) for job in jobs]
-    threads = max(1, (os.cpu_count() or 1) // procs) if device.type == "cpu" else 1
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     with mp.get_context("spawn").Pool(procs, initializer=_worker_init,
                                       initargs=(threads, quiet, os.getpid(), log_files)) as pool:
@@ -250,7 +256,7 @@ def _train_seeds(params: Params, cell_id: str, seed_list: list[int], data_path: 
 
 def _train(params: Params, cell_id: str, seed_list: list[int], data_path: Path | None, scratch: Path,
            device: torch.device, quiet: bool, command: str) -> list[dict[str, Any]]:
-    """Train `seed_list`: packed into one model when train.execution.mode asks for it and the cell allows it
+    """Train `seed_list`: packed into one model when train.numerics.mode asks for it and the cell allows it
     (bnflow.train.packed_cell.packed_plan logs why not), else one process per seed (_train_seeds)."""
     from bnflow.train.packed_cell import packed_plan, train_cell_packed
 
@@ -310,7 +316,7 @@ def train_cell(params: Params, cell_id: str, data_path: Path | None, runs_dir: P
         one summary per seed (run.json's content plus the timing facts and `skipped`), in seed order.
     """
     cell = params.cell(cell_id)
-    seed_list = list(params.train.seeds.indices)
+    seed_list = list(params.train.seeds.indices(cell.model))
     scratch = Path(params.out_dir) / ".partial" / cell_id
     rebuild = (f"rebuild it: `rm -rf {runs_dir} {ckpt_dir}`, then re-run snakemake or `dvc repro train@{cell_id}` "
                "(or run this train command again with --force)")
@@ -324,18 +330,20 @@ def train_cell(params: Params, cell_id: str, data_path: Path | None, runs_dir: P
     # `auto` locks a free GPU for this job's process (bnflow.gpu); workers get the resolved device, not `auto`
     device = process_device(params.train.execution.device)
     command = " ".join(sys.argv)
-    done = dict(zip(seed_list, _train(params, cell_id, seed_list, data_path, scratch, device, quiet, command)))
-    problems = publish_problems(params, cell_id, scratch, seed_list)
-    if problems:
-        for seed, why in problems.items():
-            log.warning("%s s%d: not publishing it: %s; training this seed again", cell_id, seed, why)
-            SeedScratch(scratch, seed).discard()
-        again = list(problems)
-        done |= dict(zip(again, _train(params, cell_id, again, data_path, scratch, device, quiet, command)))
-        problems = publish_problems(params, cell_id, scratch, again)
+    with threads(params.train.numerics.threads_per_run):  # in-process runs (parallel_runs 1, packed) as workers'
+        done = dict(zip(seed_list, _train(params, cell_id, seed_list, data_path, scratch, device, quiet, command)))
+        problems = publish_problems(params, cell_id, scratch, seed_list)
         if problems:
-            seed, why = next(iter(problems.items()))
-            raise DataError(f"{cell_id} s{seed}: still not publishable after training it again: {why}; {rebuild}")
+            for seed, why in problems.items():
+                log.warning("%s s%d: not publishing it: %s; training this seed again", cell_id, seed, why)
+                SeedScratch(scratch, seed).discard()
+            again = list(problems)
+            done |= dict(zip(again, _train(params, cell_id, again, data_path, scratch, device, quiet, command)))
+            problems = publish_problems(params, cell_id, scratch, again)
+            if problems:
+                seed, why = next(iter(problems.items()))
+                raise DataError(f"{cell_id} s{seed}: still not publishable after training it again: {why}; "
+                                f"{rebuild}")
     timing = {f"s{s}": _read_json(SeedScratch(scratch, s).timing) for s in seed_list}
     publish_dir(scratch / "checkpoints", ckpt_dir, force=force)
     publish_dir(scratch / "runs", runs_dir, force=force)  # last: a cell's runs folder means the cell is complete

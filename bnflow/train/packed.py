@@ -1,4 +1,4 @@
-"""Packed execution (train.execution.mode: packed, issue 16): the S seeds of one VGG cell trained as one PackedVGG.
+"""Packed execution (train.numerics.mode: packed, issue 16): the S seeds of one VGG cell trained as one PackedVGG.
 
 The GPU then sees S-times-wider kernels and one launch stream instead of S small launch-bound runs. Each seed's
 numbers are those of its separate run up to float summation order (bnflow.models.packed), and each seed gets what

@@ -1,6 +1,6 @@
 """One VGG cell's seeds trained packed, built exactly as train_seed builds each separate run (issue 16).
 
-`packed_plan` says whether a cell trains packed (train.execution.mode: packed, a VGG cell, a packable variant) or why
+`packed_plan` says whether a cell trains packed (train.numerics.mode: packed, a VGG cell, a packable variant) or why
 its seeds train separately; `train_cell_packed` builds every seed's VggTask, fingerprint, checkpoint meta and
 dense-probe Prober as train_seed does, runs bnflow.train.packed.train_packed, and hands back per seed what train_seed
 writes into the seed's run folder.
@@ -33,10 +33,10 @@ def packed_plan(params: Params, cell: Cell) -> tuple[bool, str]:
     With mode packed, a cell that cannot be packed (the DLN, a ResNet, a plug-in variant packing does not know) is
     logged at INFO with the reason, so the train step's log says how each cell ran.
     """
-    if params.train.execution.mode != "packed":
-        return False, "train.execution.mode is separate"
+    if params.train.numerics.mode != "packed":
+        return False, "train.numerics.mode is separate"
     if cell.model != "vgg":
-        why = (f"{cell.id}: train.execution.mode is packed, but packing is for VGG cells (the {cell.model} is not "
+        why = (f"{cell.id}: train.numerics.mode is packed, but packing is for VGG cells (the {cell.model} is not "
                "packed; the DLN is tiny and CPU-bound): its seeds train separately")
     else:
         # the layer types decide, not the widths: a 1/64-wide model answers in milliseconds
