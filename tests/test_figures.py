@@ -173,7 +173,8 @@ def test_final_values_take_each_runs_last_step_and_leave_out_diverged_runs():
 
 def test_layers_and_lrs_stand_in_for_the_papers():
     assert resolve_layers((5, 10), (3, 6), 8, 13) == [(3, (5,)), (6, (10,))]   # VGG-11 for the paper's VGG-16
-    assert resolve_layers((3, 11), (2, 3, 6, 8), 8, 13) == [(3, (3,)), (6, (11,))]
+    # by relative depth even where the paper's number was recorded: #3 of 13 is 1.8 of 8, so #2, not VGG-11's #3
+    assert resolve_layers((3, 11), (2, 3, 6, 8), 8, 13) == [(2, (3,)), (6, (11,))]
     assert resolve_layers((9, 10), (6,), 8, 13) == [(6, (9, 10))]
     assert resolve_layers((9, 17), (9, 17), 25, 25) == [(9, (9,)), (17, (17,))] and resolve_layers((1,), (), 8, 13) == []
     assert layer_title(5, (5,)) == "layer #5" and "paper's #9, #10" in layer_title(6, (9, 10))
@@ -478,7 +479,7 @@ def test_figx4_axis_title_and_caption_say_what_the_ratio_is():
 def test_headings_name_the_layers_drawn_not_the_papers():
     quick = synthetic(variants=("standard", "bn", "noisy_bn"), vgg_act=(2, 3, 6, 8), vgg_ics=(3, 6), vgg_depth=8)
     assert activations.fig01c_activations(quick).title == (
-        "distribution of one activation over time, standard vs BatchNorm, layers #3 and #6 (for the paper's #3, #11)")
+        "distribution of one activation over time, standard vs BatchNorm, layers #2 and #6 (for the paper's #3, #11)")
     assert ics.fig03a_ics_vgg(quick).title.endswith("at layers #3 and #6 (for the paper's #5, #10) (ℓ2 difference, "
                                                     "cosine)")
     assert activations.fig08a_moment_change(quick).title.endswith("layers #2, #6 and #8 (for the paper's #2, #9, #13)")

@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from bnflow.figures.common import (LP_VARIANTS, NOISE_NOTE, PAPER_LRS, Drawn, Skip, curve_note, diverged_note, look,
-                                   model_phrase, ordered, rows_of, variant_label)
+                                   model_phrase, ordered, rows_of, runs_name, variant_label)
 from bnflow.figures.data import FigureData
 from bnflow.figures.plots import QUANTILE_BANDS, distribution_over_time, figure_legend, legend, seed_curves
 from bnflow.figures.select import (PAPER_DEPTH, layer_title, layers_heading, model_key, paper_lrs, pick_lrs,
@@ -125,26 +125,27 @@ def fig_distributions(data: FigureData, model: str, fig_id: str, paper_layers: t
     return Drawn(fig, caption.rstrip(), f"{title}, {layers_heading(layers)}")
 
 
-def fig01c_activations(data: FigureData) -> Drawn | Skip:
-    """Fig 1c: distribution over time of one activation at layers #3 and #11, standard vs BN."""
-    return fig_distributions(data, "vgg", "Fig 1c", (3, 11), ("standard", "bn"),
+def fig01c_activations(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    """Fig 1c: distribution over time of one activation at layers #3 and #11, standard vs BN (`model`: the VGG
+    family, bnflow.figures.scales)."""
+    return fig_distributions(data, model, "Fig 1c", (3, 11), ("standard", "bn"),
                              "distribution of one activation over time, standard vs BatchNorm")
 
 
-def fig02_noisy_bn(data: FigureData) -> Drawn | Skip:
+def fig02_noisy_bn(data: FigureData, model: str = "vgg") -> Drawn | Skip:
     """Fig 2: train accuracy and activation distributions at layers #2, #9, #13 for standard, BN and noisy BN."""
-    if rows_of(data.table("metrics", "vgg"), ["noisy_bn"]).empty:
-        return Skip("no VGG noisy_bn runs in the grid")
-    return fig_distributions(data, "vgg", "Fig 2", (2, 9, 13), ("standard", "bn", "noisy_bn"),
+    if rows_of(data.table("metrics", model), ["noisy_bn"]).empty:
+        return Skip(f"no {runs_name(model)} noisy_bn runs in the grid")
+    return fig_distributions(data, model, "Fig 2", (2, 9, 13), ("standard", "bn", "noisy_bn"),
                              "noisy BatchNorm: training accuracy and activation distributions", with_accuracy=True,
                              note=f"Noisy BN: paper Algorithm 1 after each BN's affine map. {NOISE_NOTE}")
 
 
-def fig06_lp_activations(data: FigureData) -> Drawn | Skip:
+def fig06_lp_activations(data: FigureData, model: str = "vgg") -> Drawn | Skip:
     """Fig 6: activation distributions at layer #11 under each normalisation."""
-    if rows_of(data.table("metrics", "vgg"), LP_VARIANTS).empty:
-        return Skip("no VGG l1, l2 or linf runs in the grid")
-    return fig_distributions(data, "vgg", "Fig 6", (11,), ("standard", "bn", *LP_VARIANTS),
+    if rows_of(data.table("metrics", model), LP_VARIANTS).empty:
+        return Skip(f"no {runs_name(model)} l1, l2 or linf runs in the grid")
+    return fig_distributions(data, model, "Fig 6", (11,), ("standard", "bn", *LP_VARIANTS),
                              "activation distributions under each normalisation")
 
 
@@ -185,17 +186,19 @@ def moment_changes(channels: pd.DataFrame) -> pd.DataFrame:
     return out.groupby([*RUN_COLUMNS, "layer", "step"], as_index=False, sort=True)[list(MOMENT_COLUMNS)].mean()
 
 
-def fig_moments(data: FigureData, part: str) -> Drawn | Skip:
-    """Fig 8a (change between consecutive probes) / 8b (drift from the first probe) of channel means and variances."""
+def fig_moments(data: FigureData, part: str, model: str = "vgg") -> Drawn | Skip:
+    """Fig 8a (change between consecutive probes) / 8b (drift from the first probe) of channel means and variances
+    (`model`: the VGG family, bnflow.figures.scales)."""
     variants = ("standard", "bn", "noisy_bn")
-    chans, source = data.probes("act_channels", "vgg")
+    chans, source = data.probes("act_channels", model)
     chans = rows_of(chans, variants)
     if chans.empty:
-        return Skip("no VGG activation-channel probes for standard, bn or noisy_bn")
-    lrs = pick_lrs(chans.lr.unique(), PAPER_LRS["vgg"])[:1]
+        return Skip(f"no {runs_name(model)} activation-channel probes for standard, bn or noisy_bn")
+    lrs = pick_lrs(chans.lr.unique(), paper_lrs(PAPER_LRS, model))[:1]
     moments = moment_changes(rows_of(chans, variants, lrs))
-    layers = resolve_layers((2, 9, 13), moments.layer.unique(), data.depths.get("vgg", PAPER_DEPTH["vgg"]),
-                            PAPER_DEPTH["vgg"])
+    key = model_key(model)
+    layers = resolve_layers((2, 9, 13), moments.layer.unique(), data.depths.get(model, PAPER_DEPTH[key]),
+                            PAPER_DEPTH[key])
     cols = (("step_mean", "|Δμ| / σ"), ("step_var", "|Δσ²| / σ²")) if part == "a" else \
         (("drift_mean", "|μₜ − μ₀| / σ₀"), ("drift_var", "|σ²ₜ − σ²₀| / σ²₀"))
     fig, axes = plt.subplots(len(layers), 2, figsize=(8.4, 2.4 * len(layers) + 0.3), squeeze=False, sharex=True,
@@ -220,17 +223,17 @@ def fig_moments(data: FigureData, part: str) -> Drawn | Skip:
             if part == "a" else "(b) Drift of each tracked channel's batch mean and variance from the first probe "
                                 "(zero there, so not drawn on the log axis)")
     caption = (f"Fig 8{part}. {what}, in units of the channel's earlier scale (σ, σ²), averaged over the tracked "
-               f"channels. {model_phrase(data, 'vgg')}; {source}; activations {_point(data, 'vgg')}, recorded in the "
+               f"channels. {model_phrase(data, model)}; {source}; activations {_point(data, model)}, recorded in the "
                f"training forward pass (train-mode BN; for noisy BN the noise is included). "
-               f"{curve_note(counts, data.band, log=True)}{diverged_note(data, 'vgg', variants, lrs)}")
+               f"{curve_note(counts, data.band, log=True)}{diverged_note(data, model, variants, lrs)}")
     title = ("change of activation mean and variance between probes" if part == "a" else
              "drift of activation mean and variance from the first probe")
     return Drawn(fig, caption, f"{title}, {layers_heading(layers)}")
 
 
-def fig08a_moment_change(data: FigureData) -> Drawn | Skip:
-    return fig_moments(data, "a")
+def fig08a_moment_change(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    return fig_moments(data, "a", model)
 
 
-def fig08b_moment_drift(data: FigureData) -> Drawn | Skip:
-    return fig_moments(data, "b")
+def fig08b_moment_drift(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    return fig_moments(data, "b", model)

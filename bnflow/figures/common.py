@@ -11,18 +11,19 @@ from matplotlib.figure import Figure
 from bnflow.figures.data import FigureData
 from bnflow.figures.palette import variant_order
 from bnflow.figures.plots import BAND_TEXT, n_seeds_text
+from bnflow.figures.scales import phrase_of
 from bnflow.figures.select import PAPER_LRS, same_lr
 from bnflow.figures.style import lr_style
 
 __all__ = ["PAPER_LRS", "Drawn", "Skip", "ordered", "rows_of", "look", "variant_label", "curve_note",
-           "diverged_note", "model_phrase", "model_name"]
+           "diverged_note", "model_phrase", "model_name", "runs_name"]
 
 LP_VARIANTS = ("l1", "l2", "linf")
 TEST_MODE = "Test accuracy in eval mode (running statistics, no noise)."
 PROBE_MODE = ("Probes run in train mode (batch statistics) on the probed step's own (mini-)batch (and, for noisy "
               "variants, its own noise).")
 NOISE_NOTE = "Noise is applied in training steps only; evaluation runs without it."
-MODEL_NAMES = {"vgg": "VGG", "dln": "Deep linear network", "resnet": "ResNet"}
+MODEL_NAMES = {"vgg": "VGG", "vgg_cpu": "reduced-scale VGG", "dln": "Deep linear network", "resnet": "ResNet"}
 MANY_CURVES = 3  # a panel with more curves leaves out single-seed lines and fades its bands (seed_curves light=True)
 
 
@@ -110,11 +111,21 @@ def model_name(model: str) -> str:
     return MODEL_NAMES.get(model, model)
 
 
+def runs_name(model: str) -> str:
+    """How a Skip reason names a model's runs: 'VGG' for the paper's, the family id ('vgg_cpu') for the others."""
+    return model_name(model) if model == "vgg" else model
+
+
 def model_phrase(data: FigureData, model: str) -> str:
     """'VGG (8 conv layers, SGD) on CIFAR-10 (...)' / 'Deep linear network (25 layers, full-batch GD) on …'; other
-    image classifiers (bnflow.vocab.CLASSIFIERS) read like VGG."""
+    image classifiers (bnflow.vocab.CLASSIFIERS) read like VGG. A reduced-scale family says so, with its scale from
+    params (bnflow.figures.scales): 'Reduced-scale VGG (VGG-11 ×0.25, 5,000 steps; PROTOCOL §10), 8 conv layers,
+    SGD, on …', so every caption that names the model names its scale."""
     depth = data.depths.get(model)
     if model == "dln":
         return f"Deep linear network ({depth or '?'} layers, full-batch GD) on {data.source('dln')}"
     layers = f"{depth} conv layers, " if depth else ""
+    scale = phrase_of(data.scales, model)
+    if scale is not None:
+        return f"{scale[0].upper()}{scale[1:]}, {layers}SGD, on {data.source(model)}"
     return f"{model_name(model)} ({layers}SGD) on {data.source(model)}"

@@ -23,6 +23,7 @@ from bnflow.figures.common import (Drawn, Skip, curve_note, look, many, model_na
 from bnflow.figures.data import FigureData
 from bnflow.figures.plots import figure_legend, seed_curves
 from bnflow.figures.report import Table
+from bnflow.figures.select import model_order
 from bnflow.figures.style import Z_REFERENCE, _log_label
 
 GREY = "#777777"
@@ -149,7 +150,7 @@ def curvature_summary(data: FigureData) -> pd.DataFrame:
     out = []
     models = sorted(set(data.models("curvature", checkpoint=True)) | set(data.models("theorem41_layers",
                                                                                       checkpoint=True)),
-                    key=lambda m: (("vgg", "dln").index(m) if m in ("vgg", "dln") else 2, m))
+                    key=model_order)
     for model in models:
         curv = data.table("curvature", model, checkpoint=True)
         t41 = data.table("theorem41_layers", model, checkpoint=True)

@@ -13,6 +13,7 @@ from bnflow.figures.common import (PROBE_MODE, Drawn, Skip, curve_note, diverged
                                    model_phrase, ordered, rows_of, variant_label)
 from bnflow.figures.data import FigureData
 from bnflow.figures.plots import figure_legend, seed_curves
+from bnflow.figures.scales import PAPER_VGG, REDUCED
 from bnflow.figures.select import PAPER_DEPTH, layer_title, layers_heading, model_key, pick_lrs, resolve_layers
 from bnflow.figures.style import Z_REFERENCE
 from bnflow.figures.training import train_panel
@@ -105,14 +106,16 @@ def fig_ics(data: FigureData, model: str, fig_id: str) -> Drawn | Skip:
     figure_legend(fig)  # one entry per variant: every panel's title names its lr
     caption = ics_caption(fig_id, data, [f"{model_phrase(data, model)}; {source}"], counts,
                           diverged_note(data, model, ordered(ics.variant), lrs), single=not light)
-    name = "the deep linear network" if model == "dln" else model_name(model)
+    # a reduced-scale VGG is "VGG" here: the registry appends its scale to the title (bnflow.figures.scales)
+    name = "the deep linear network" if model == "dln" else model_name(PAPER_VGG if model in REDUCED else model)
     title = f"internal covariate shift in {name} at {layers_heading(layers)} (ℓ2 difference, cosine)"
     return Drawn(fig, caption, title)
 
 
-def fig03a_ics_vgg(data: FigureData) -> Drawn | Skip:
-    """Fig 3a: VGG layers #5, #10 (or the recorded layers nearest them) at lr 0.1 and 0.01, with training accuracy."""
-    return fig_ics(data, "vgg", "Fig 3a")
+def fig03a_ics_vgg(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    """Fig 3a: VGG layers #5, #10 (or the recorded layers nearest them) at lr 0.1 and 0.01, with training accuracy
+    (`model`: the VGG family, bnflow.figures.scales)."""
+    return fig_ics(data, model, "Fig 3a")
 
 
 def fig03b_ics_dln(data: FigureData) -> Drawn | Skip:

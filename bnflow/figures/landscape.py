@@ -13,7 +13,7 @@ from bnflow.figures.common import (LP_VARIANTS, PAPER_LRS, PROBE_MODE, Drawn, Sk
                                    many, model_phrase, ordered, rows_of, variant_label)
 from bnflow.figures.data import FigureData
 from bnflow.figures.plots import eta_band, figure_legend, seed_curves, seed_summary
-from bnflow.figures.select import pick_lrs
+from bnflow.figures.select import paper_lrs, pick_lrs
 from bnflow.figures.style import STEP_CMAP, Z_SEED
 from bnflow.figures.training import train_panel
 from bnflow.results import RUN_COLUMNS, require_columns
@@ -91,7 +91,7 @@ def fig_landscape(data: FigureData, model: str, fig_id: str, variants: tuple[str
     land = rows_of(gradient_rows(land), variants)
     if land.empty:
         return Skip(f"no {model} landscape probes for {', '.join(variants)} (dense probes off and no probe step)")
-    lrs = pick_lrs(land.lr.unique(), PAPER_LRS[model])
+    lrs = pick_lrs(land.lr.unique(), paper_lrs(PAPER_LRS, model))
     land, present = rows_of(land, variants, lrs), ordered(rows_of(land, variants, lrs).variant)
     with_train = fig_id.startswith("Fig 12") or fig_id.startswith("Fig 13")
     n = 4 if with_train else 3
@@ -107,9 +107,10 @@ def fig_landscape(data: FigureData, model: str, fig_id: str, variants: tuple[str
     return Drawn(fig, _landscape_caption(fig_id, data, model, source, lrs, _eta_text(land, lrs), counts, present))
 
 
-def fig04_landscape_vgg(data: FigureData) -> Drawn | Skip:
-    """Fig 4a–c: VGG loss band, gradient-predictiveness band and β_eff, standard vs BN at lr 0.1."""
-    return fig_landscape(data, "vgg", "Fig 4a–c", ("standard", "bn"))
+def fig04_landscape_vgg(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    """Fig 4a–c: VGG loss band, gradient-predictiveness band and β_eff, standard vs BN at lr 0.1 (`model`: the VGG
+    family, bnflow.figures.scales)."""
+    return fig_landscape(data, model, "Fig 4a–c", ("standard", "bn"))
 
 
 def fig10_landscape_dln(data: FigureData) -> Drawn | Skip:
@@ -123,9 +124,10 @@ def _lp_landscape(data: FigureData, model: str, fig_id: str) -> Drawn | Skip:
     return fig_landscape(data, model, fig_id, ("standard", "bn", *LP_VARIANTS))
 
 
-def fig12_lp_vgg(data: FigureData) -> Drawn | Skip:
-    """Fig 12a–d: VGG with ℓp normalisations: train accuracy, loss band, gradient predictiveness, β_eff."""
-    return _lp_landscape(data, "vgg", "Fig 12a–d")
+def fig12_lp_vgg(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    """Fig 12a–d: VGG with ℓp normalisations: train accuracy, loss band, gradient predictiveness, β_eff (`model`: the
+    VGG family)."""
+    return _lp_landscape(data, model, "Fig 12a–d")
 
 
 def fig13_lp_dln(data: FigureData) -> Drawn | Skip:
@@ -151,7 +153,7 @@ def fig_grad_vs_eta(data: FigureData, model: str, fig_id: str) -> Drawn | Skip:
     land = rows_of(land, ["standard", "bn"])
     if land.empty:
         return Skip(f"no {model} landscape probes for standard or bn")
-    lrs = pick_lrs(land.lr.unique(), PAPER_LRS[model])[:1]
+    lrs = pick_lrs(land.lr.unique(), paper_lrs(PAPER_LRS, model))[:1]
     land = rows_of(land, ["standard", "bn"], lrs)
     times = training_times(land.step.unique())
     colors = colormaps[STEP_CMAP](np.linspace(0.0, 0.9, max(len(times), 2)))
@@ -187,8 +189,8 @@ def fig_grad_vs_eta(data: FigureData, model: str, fig_id: str) -> Drawn | Skip:
     return Drawn(fig, caption)
 
 
-def fig11a_grad_eta_vgg(data: FigureData) -> Drawn | Skip:
-    return fig_grad_vs_eta(data, "vgg", "Fig 11a")
+def fig11a_grad_eta_vgg(data: FigureData, model: str = "vgg") -> Drawn | Skip:
+    return fig_grad_vs_eta(data, model, "Fig 11a")
 
 
 def fig11b_grad_eta_dln(data: FigureData) -> Drawn | Skip:

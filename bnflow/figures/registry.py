@@ -4,17 +4,26 @@
 from it); `need` says which grid cells a figure draws, so that on a partial grid it names the ones not run yet.
 Titles never name layers: the layers drawn depend on params and data, and the figure functions put them in the
 REPORT.md heading (Drawn.title).
+
+A paper figure that draws VGG cells is listed once per VGG family (bnflow.figures.scales): the paper's scale under
+the paper's file name, the reduced scale of PROTOCOL §10 beside it (`fig04_landscape_vgg_cpu`), the same function
+with another `model`. Each is drawn from its own family's runs only, and a reduced-scale one names its scale in its
+title (REPORT.md heading and the PNG's) and caption.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bnflow.figures import activations, curvature, extra, ics, landscape, theorem, thresholds, training, variants
 from bnflow.figures.common import LP_VARIANTS, PAPER_LRS, Drawn, Skip
 from bnflow.figures.data import FigureData
+from bnflow.figures.scales import PAPER_VGG, REDUCED, VGG_FAMILIES, not_run_reason, phrase_of, present_models, \
+    scaled_name
 from bnflow.figures.select import Need
+from bnflow.figures.style import add_title
 
 SB, SBN, SBLP = ("standard", "bn"), ("standard", "bn", "noisy_bn"), ("standard", "bn", *LP_VARIANTS)
 
@@ -26,16 +35,74 @@ class FigureSpec:
     Args:
         name: file stem; paper: the paper's label; title: a short title (no rst markup, no layer numbers).
         about: what the figure shows, a few sentences that hold whatever the data (no data-dependent numbers).
-        draw: the function drawing it.
+        figure: the function drawing it, figure(data) or, with `model`, figure(data, model=model).
         need: the grid cells it draws (for "not run yet" notes on a partial grid).
+        model: the VGG family a paper VGG figure draws (scales.VGG_FAMILIES); None for the others.
     """
 
     name: str
     paper: str
     title: str
     about: str
-    draw: Callable[[FigureData], Drawn | Skip]
+    figure: Callable[..., Drawn | Skip]
     need: Need
+    model: str | None = None
+
+    def draw(self, data: FigureData) -> Drawn | Skip:
+        """The figure from `data`, or why not. A VGG figure whose family has no runs waits ("not run yet"; the
+        paper's scale: for a GPU); a reduced-scale one carries its scale (params: train.<model>) in its titles."""
+        if self.model is None:
+            return _name_scales(self.figure(data), data, self.title)
+        present = present_models(data.runs, data.dense.get("metrics"))
+        own = self.model in present
+        if not own and (self.model != PAPER_VGG or not present & set(self.need.models or ())):
+            return Skip(not_run_reason(self.model, data.grid))
+        out = self.figure(data, model=self.model)
+        if isinstance(out, Skip):
+            return out
+        if not own:  # a figure that also draws another model (Fig 5: the DLN) without its VGG panel
+            out = dataclasses.replace(out, caption=f"{out.caption} VGG panel: {not_run_reason(self.model, data.grid)}.")
+        scale = phrase_of(data.scales, self.model)
+        if scale is None:
+            return out
+        add_title(out.fig, f"{self.paper}, {scale}")
+        base = out.title or self.title.removesuffix(_scale_suffix(self.model))  # the registry's title: no numbers
+        return dataclasses.replace(out, title=f"{base} — {scale}")
+
+
+def _name_scales(out: Drawn | Skip, data: FigureData, title: str) -> Drawn | Skip:
+    """A figure with a block per model (the extras) that drew a reduced-scale family's cells says so in its heading
+    too: its caption names each model it drew by common.model_phrase, which carries the scale."""
+    if isinstance(out, Skip):
+        return out
+    caption = out.caption.lower()
+    drawn = [p for m in REDUCED if (p := phrase_of(data.scales, m)) is not None and p.lower() in caption]
+    return dataclasses.replace(out, title=f"{out.title or title} — with the {', '.join(drawn)}") if drawn else out
+
+
+def _scale_suffix(model: str) -> str:
+    """What a reduced-scale figure's registry title ends with: its scale without params' numbers (the Snakemake
+    report's captions are static); the drawn figure's title carries the numbers instead."""
+    return f" — {phrase_of({}, model)}"
+
+
+def at_scale(spec: FigureSpec, model: str) -> FigureSpec:
+    """A paper VGG figure's entry for another VGG family: its own file name, its own cells, its scale named."""
+    if model == spec.model:
+        return spec
+    need = dataclasses.replace(spec.need, models=tuple(model if m == spec.model else m for m in spec.need.models))
+    where = REDUCED[model]
+    return dataclasses.replace(
+        spec, name=scaled_name(spec.name, model), model=model, need=need,
+        title=f"{spec.title}{_scale_suffix(model)}",
+        about=f"{spec.about} Drawn from the reduced-scale VGG's cells ({model}-*, {where}): the paper's VGG "
+              f"protocol at the width and step budget of train.{model}, named in the title; the paper-scale figure "
+              "is separate.")
+
+
+def _per_scale(specs: tuple[FigureSpec, ...]) -> tuple[FigureSpec, ...]:
+    """Every VGG figure once per VGG family, the paper's first and its reduced-scale twins right after it."""
+    return tuple(at_scale(s, m) for s in specs for m in (VGG_FAMILIES if s.model is not None else (None,)))
 
 
 def _vgg(variants: tuple[str, ...], lrs=PAPER_LRS, first: bool = False) -> Need:
@@ -52,29 +119,29 @@ LANDSCAPE = ("At each probed step, the loss and gradient on the step's own batch
              "‖ηg‖.")
 ALL = Need(None, None, PAPER_LRS, True, beyond_paper=True)
 
-FIGURES = (
+FIGURES = _per_scale((
     FigureSpec("fig01_accuracy", "Fig 1a–b", "training and test accuracy, standard vs BatchNorm",
                "Mini-batch training accuracy and test accuracy against the training step for VGG without and with "
                "BatchNorm, a row per learning rate (the paper's 0.1 and 0.5). Thick lines: the mean over seeds; "
                "shaded: the across-seed band. The paper's point: BN trains faster and tolerates the larger lr.",
-               training.fig01_accuracy, _vgg(SB, {"vgg": training.FIG1_LRS})),
+               training.fig01_accuracy, _vgg(SB, {"vgg": training.FIG1_LRS}), PAPER_VGG),
     FigureSpec("fig01c_activations", "Fig 1c", "distribution of one activation over time, standard vs BatchNorm",
                "How the distribution over the batch of one tracked unit moves during training, at an early and a late "
                "conv layer (the recorded layers nearest the paper's). Shaded: 5–95% and 25–75% of the batch; line: "
                "median. With BN the distribution still moves: BN does not freeze a layer's input distribution.",
-               activations.fig01c_activations, _vgg(SB, first=True)),
+               activations.fig01c_activations, _vgg(SB, first=True), PAPER_VGG),
     FigureSpec("fig02_noisy_bn", "Fig 2", "noisy BatchNorm: training accuracy and activation distributions",
                "BN with random noise injected after every BN layer at each training step (paper Algorithm 1), which "
                "makes layer inputs unstable on purpose, beside BN and standard: training accuracy and activation "
                "distributions at three layers. The paper's point: noisy BN trains about as fast as BN, so stable "
                "distributions are not what makes BN work.",
-               activations.fig02_noisy_bn, _vgg(SBN, first=True)),
+               activations.fig02_noisy_bn, _vgg(SBN, first=True), PAPER_VGG),
     FigureSpec("fig03a_ics_vgg", "Fig 3a", "internal covariate shift in VGG (ℓ2 difference, cosine)",
                "Internal covariate shift (paper Definition 2.1) of two VGG layers over training: how much a layer's "
                "gradient on the same batch changes when the layers before it take their update (ℓ2 difference, the "
                "same relative to the gradient's norm, cosine), with the training curve, at two lrs. The paper's "
                "point: BN does not reduce this shift.",
-               ics.fig03a_ics_vgg, _vgg(SB, {"vgg": ics.PAPER["vgg"]["lrs"]})),
+               ics.fig03a_ics_vgg, _vgg(SB, {"vgg": ics.PAPER["vgg"]["lrs"]}), PAPER_VGG),
     FigureSpec("fig03b_ics_dln", "Fig 3b", "internal covariate shift in the deep linear network",
                "Internal covariate shift (paper Definition 2.1) of two layers of the deep linear network over "
                "training (full-batch gradient descent): the change of a layer's gradient when the layers before it "
@@ -84,27 +151,27 @@ FIGURES = (
     FigureSpec("fig04_landscape_vgg", "Fig 4a–c", "VGG loss landscape, gradient predictiveness, β-smoothness",
                f"{LANDSCAPE} VGG standard vs BN at lr 0.1. The paper's point: with BN the loss varies less along the "
                "step, the gradient stays more predictive and the landscape is smoother.",
-               landscape.fig04_landscape_vgg, _vgg(SB)),
+               landscape.fig04_landscape_vgg, _vgg(SB), PAPER_VGG),
     FigureSpec("fig05_lp_training", "Fig 5", "ℓp normalisations: VGG accuracy and DLN loss",
                "Training accuracy (VGG) and training loss (deep linear network) with ℓ1, ℓ2 and ℓ∞ normalisation in "
                "place of BN, beside standard and BN. The paper's point: normalisations with no claim to stabilise "
                "distributions help training as much as BN.",
-               training.fig05_lp_training, Need(("vgg", "dln"), SBLP, PAPER_LRS)),
+               training.fig05_lp_training, Need(("vgg", "dln"), SBLP, PAPER_LRS), PAPER_VGG),
     FigureSpec("fig06_lp_activations", "Fig 6", "activation distributions under each normalisation",
                "Distribution over time of one tracked unit of a deep VGG layer under each normalisation (the recorded "
                "layer nearest the paper's). ℓp-normalised networks train well although their activations look "
                "nothing like BN's.",
-               activations.fig06_lp_activations, _vgg(SBLP, first=True)),
+               activations.fig06_lp_activations, _vgg(SBLP, first=True), PAPER_VGG),
     FigureSpec("fig08a_moment_change", "Fig 8a", "change of activation mean and variance between probes",
                "For standard, BN and noisy BN: how much each tracked channel's batch mean and variance change from "
                "one probe to the next, in units of the channel's earlier scale, at three layers: a direct look at "
                "the distributional stability BN is said to provide.",
-               activations.fig08a_moment_change, _vgg(SBN, first=True)),
+               activations.fig08a_moment_change, _vgg(SBN, first=True), PAPER_VGG),
     FigureSpec("fig08b_moment_drift", "Fig 8b", "drift of activation mean and variance from the first probe",
                "For standard, BN and noisy BN: how far each tracked channel's batch mean and variance have drifted "
                "from their values at the first probe, in units of the channel's scale there, at three layers. "
                "Complements Fig 8a's step-to-step change.",
-               activations.fig08b_moment_drift, _vgg(SBN, first=True)),
+               activations.fig08b_moment_drift, _vgg(SBN, first=True), PAPER_VGG),
     FigureSpec("fig09_dln_activations", "Fig 9", "deep linear network activation distributions",
                "Distribution over time of one tracked unit at three layers of the deep linear network (the recorded "
                "layers nearest the paper's), standard vs BN.",
@@ -116,7 +183,7 @@ FIGURES = (
                "The ℓ2 gradient change ‖∇L(θ − ηg) − g‖ against the probe step size η, a curve per training time "
                "(colour: step), standard and BN side by side: how far along the step the gradient stays "
                "predictive, and how that changes during training.",
-               landscape.fig11a_grad_eta_vgg, _vgg(SB, first=True)),
+               landscape.fig11a_grad_eta_vgg, _vgg(SB, first=True), PAPER_VGG),
     FigureSpec("fig11b_grad_eta_dln", "Fig 11b", "DLN gradient change vs probe step size, per training time",
                "The ℓ2 gradient change ‖∇L(θ − ηg) − g‖ of the deep linear network against the probe step size η, a "
                "curve per training time (colour: step), standard and BN side by side: how far along the step the "
@@ -125,7 +192,7 @@ FIGURES = (
     FigureSpec("fig12_lp_vgg", "Fig 12a–d", "VGG with ℓp normalisations: accuracy and landscape probes",
                f"The training accuracy, then Fig 4's probes for VGG with ℓ1, ℓ2 and ℓ∞ normalisation beside standard "
                f"and BN. {LANDSCAPE}",
-               landscape.fig12_lp_vgg, _vgg(SBLP)),
+               landscape.fig12_lp_vgg, _vgg(SBLP), PAPER_VGG),
     FigureSpec("fig13_lp_dln", "Fig 13a–d", "DLN with ℓp normalisations: loss and landscape probes",
                f"The training loss, then Fig 10's probes for the deep linear network with ℓ1, ℓ2 and ℓ∞ "
                f"normalisation beside standard and BN. {LANDSCAPE}",
@@ -173,4 +240,4 @@ FIGURES = (
                "from the largest trainable lr to the first failing one, where the threshold lies; a panel per "
                "model. The paper's 'BN tolerates larger learning rates' as a number.",
                thresholds.figx5_lr_thresholds, Need(cells=False, lrscan=True)),
-)
+))

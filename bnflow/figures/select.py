@@ -41,9 +41,10 @@ def resolve_layers(paper: Sequence[int], available: Sequence[int], depth: int, p
                    ) -> list[tuple[int, tuple[int, ...]]]:
     """Which recorded layer stands in for each of the paper's layers.
 
-    A paper layer that was recorded is used as is; otherwise the recorded layer nearest in relative depth
-    (k / depth vs. k_paper / paper_depth), so a shallower network (VGG-11: 8 conv layers) maps #11 of 13 near its end.
-    Paper layers that land on the same recorded layer share it.
+    The recorded layer nearest in relative depth (k / depth vs. k_paper / paper_depth; the lower one on a tie), so a
+    shallower network (VGG-11: 8 conv layers) maps #11 of 13 to #7 (6.8 of 8) and the paper's #2 to #1, not to its own
+    #2, which sits deeper in it (PROTOCOL §10: the paper's positions mapped to the chosen depth). At the paper's depth
+    this is the paper's layer when it was recorded. Paper layers that land on the same recorded layer share it.
 
     Args:
         paper: the paper's layer numbers (1-based), e.g. (3, 11).
@@ -58,11 +59,8 @@ def resolve_layers(paper: Sequence[int], available: Sequence[int], depth: int, p
         return []
     out: dict[int, list[int]] = {}
     for p in paper:
-        if p in avail:
-            layer = p
-        else:
-            target = p / paper_depth * depth
-            layer = min(avail, key=lambda a: (abs(a - target), a))
+        target = p / paper_depth * depth
+        layer = min(avail, key=lambda a: (abs(a - target), a))
         out.setdefault(layer, []).append(p)
     return [(layer, tuple(ps)) for layer, ps in out.items()]
 
@@ -109,12 +107,19 @@ class Need:
     beyond_paper: bool = False
 
 
-PAPER_MODELS = ("vgg", "dln")
+PAPER_MODELS = ("vgg", "vgg_cpu", "dln")
+"""Models the paper's figures draw: its VGG (at the paper's scale and at the reduced scale of PROTOCOL §10, each its
+own figure) and its DLN. Also the order of models in figures with a block per model."""
+
+
+def model_order(model: str) -> tuple[int, str]:
+    """Sort key of models in a figure or table with a block per model: PAPER_MODELS first, then the others by name."""
+    return (PAPER_MODELS.index(model) if model in PAPER_MODELS else len(PAPER_MODELS), model)
 
 
 def beyond_paper(frame: pd.DataFrame) -> list[str]:
     """'model variant' of the rows (runs or grid cells) that no paper figure draws: a model other than the paper's
-    VGG and DLN, or a variant other than the paper's seven."""
+    VGG (either scale) and DLN, or a variant other than the paper's seven."""
     if frame.empty or not {"model", "variant"} <= set(frame.columns):
         return []
     pairs = {(str(m), str(v)) for m, v in zip(frame.model, frame.variant, strict=True)}

@@ -24,6 +24,7 @@ LR_STYLES = ("-", "--", ":", "-.")
 # Sequential, colour-blind-safe map for "training step" colour scales (Fig 11).
 STEP_CMAP = "viridis"
 CAPTION_FONTSIZE = 7.0
+TITLE_FONTSIZE = 10.5  # add_title
 # Draw order. The artists below RASTER_Z (across-seed bands, single-seed lines, quantile bands) are the dense ones:
 # in a panel where they hold more than RASTER_MIN_VERTICES points they are written into the SVG as one embedded image
 # (~20 bytes of path text per point against ~35 kB for a panel's image at 150 dpi), so a paper-scale run's SVGs stay
@@ -60,6 +61,24 @@ def add_caption(fig: plt.Figure, text: str) -> None:
     chars = max(40, int(width_in * 72 / (0.52 * CAPTION_FONTSIZE)))
     wrapped = "\n".join(textwrap.wrap(text, chars))
     fig.text(0.005, 0.0, wrapped, ha="left", va="top", fontsize=CAPTION_FONTSIZE, color="#333333")
+
+
+def add_title(fig: plt.Figure, text: str) -> None:
+    """A bold title above the panels, that no key or panel overlaps in the saved files.
+
+    Constrained layout reserves room at the top for the larger of a suptitle and a figure key placed "outside
+    upper", not for both, so the two would overlap; a text above the figure's edge does not help either, since a
+    tight bounding box moves such a key up onto it. So a figure with a figure-level key (these put theirs above the
+    panels: plots.figure_legend, the quantile key of the distribution grids) carries the title as the key's
+    title, first line, and the key's box grows to hold it; a figure without one gets a suptitle.
+    """
+    if fig.legends:
+        key = fig.legends[0]
+        old = key.get_title().get_text()
+        key.set_title(f"{text}\n{old}" if old else text, prop={"weight": "bold", "size": TITLE_FONTSIZE})
+        key.get_title().set_multialignment("center")  # a key's own title (Fig 11's) stays centred under it
+    else:
+        fig.suptitle(text, fontsize=TITLE_FONTSIZE, fontweight="bold")
 
 
 def _sci_label(v: float) -> str:

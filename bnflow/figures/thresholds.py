@@ -18,6 +18,7 @@ from matplotlib.ticker import NullLocator
 from bnflow.figures.common import Drawn, Skip, model_name, ordered, variant_label
 from bnflow.figures.data import FigureData
 from bnflow.figures.report import Table
+from bnflow.figures.select import model_order
 from bnflow.vocab import format_lr
 
 GREY = "#555555"
@@ -25,8 +26,7 @@ BAR_ALPHA = 0.35
 
 
 def _models(frame: pd.DataFrame) -> list[str]:
-    order = ("vgg", "dln")
-    return sorted({str(m) for m in frame.model}, key=lambda m: (order.index(m) if m in order else 2, m))
+    return sorted({str(m) for m in frame.model}, key=model_order)
 
 
 def threshold_interval(max_ok: float, first_fail: float, lo_edge: float, hi_edge: float) -> tuple[float, float, str]:
