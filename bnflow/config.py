@@ -938,7 +938,7 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _expand_seed_counts(raw: dict) -> dict:
+def expand_seed_counts(raw: dict) -> dict:
     """train.seeds.n as one count per model family: an int (an overlay's `seeds: {n: 2}`) applies to every family;
     a mapping must name each family once, with a count >= 1."""
     n = raw.get("train", {}).get("seeds", {}).get("n") if isinstance(raw.get("train"), dict) else None
@@ -969,7 +969,7 @@ def from_dict(raw: dict, *, check_files: bool = True) -> Params:
         check_files: also require the files the params name (prepare.archive) to exist; worker processes that
             re-validate params their parent already checked pass False.
     """
-    params = _build(Params, _expand_seed_counts(raw), "")
+    params = _build(Params, expand_seed_counts(raw), "")
     _check_paths(params)
     _check_semantics(params)
     _check_cross_fields(params)

@@ -413,7 +413,7 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
 
     `forced()`: the steps Snakemake runs whatever their outputs (--forceall, --forcerun RULE): they declare their data.
     """
-    from bnflow.config import load_params, merge, read_yaml
+    from bnflow.config import expand_seed_counts, load_params, merge, read_yaml
 
     check_config(config)
     overlays = [f.strip() for f in str(config.get("overlay", "")).split(",") if f.strip()]
@@ -424,6 +424,7 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
     raw = base
     for f in files[1:]:
         raw = merge(raw, read_yaml(root / f))
+    raw = expand_seed_counts(raw)  # an overlay's `seeds: {n: 2}` is train.seeds.n.<model> = 2 for every family
     out = params.out_dir
     grid = list(params.train.grid)
     active = select_cells(grid, config.get("cells"))
