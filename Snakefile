@@ -8,6 +8,7 @@
 # Each job also reads a params stamp (bnflow/dag.py): Snakemake re-runs a job when the params it reads change, also
 # on a fresh clone, where dvc.lock vouches for the committed results.
 
+import os
 import shlex
 import sys
 
@@ -31,6 +32,10 @@ except BnflowError as e:  # a config mistake is the user's to fix: the message, 
     sys.exit(1)
 for line in messages(W):
     sys.stderr.write(line + "\n")
+# Snakemake deletes a job's outputs before running it, so outputs a job's step finds were written since by another
+# run of that step (dvc repro): the step replaces them on success instead of refusing them, after which Snakemake
+# would delete them as a failed job's (bnflow.cli.RUNNER_ENV; the jobs inherit this environment).
+os.environ["BNFLOW_RUNNER"] = "snakemake"
 
 P, OUT = W.params, W.out
 PARAMS_OPT = " ".join(f"--params {shlex.quote(f)}" for f in W.params_files)

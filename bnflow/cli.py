@@ -273,6 +273,10 @@ def _expand_dvc_stage(argv: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ one lock for both tools
+RUNNER_ENV = "BNFLOW_RUNNER"
+"""Set to "snakemake" by the Snakefile for its jobs: Snakemake removed their outputs before starting them."""
+
+
 def step_outputs(a: argparse.Namespace) -> list[Path]:
     """The outputs a step's command line names, its first one first (the key of its lock, bnflow.io.step_lock)."""
     names = {"train": ("runs_dir", "checkpoints_dir"), "probe": ("output", "full_output"),
@@ -300,9 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait = lambda: log.info("%s: another run of this step (Snakemake or dvc repro) is writing it; waiting for "  # noqa: E731
                                 "it to finish", outputs[0])
         with step_lock(outputs[0], outputs, on_wait=wait) as written_meanwhile:
-            if written_meanwhile and not args.force:
-                log.info("%s: written by the other run while this one waited; this run replaces it on success",
-                         outputs[0])
+            # Snakemake deletes a job's outputs before it runs: any this step finds are another run's, written since
+            removed_for_us = os.environ.get(RUNNER_ENV) == "snakemake" and any(os.path.lexists(p) for p in outputs)
+            if (written_meanwhile or removed_for_us) and not args.force:
+                log.info("%s: written by another run (dvc repro or Snakemake) since this one started; this run "
+                         "replaces it on success", outputs[0])
                 args.force = True
             _setup_threads(args.step)
             STEPS[args.step][2](params, args)

@@ -5,6 +5,7 @@ one line and a retry that works."""
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -141,8 +142,23 @@ def test_a_step_waits_for_the_other_tools_run_and_replaces_its_fresh_outputs(tmp
             (out / name).write_text("the other run's results\n")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "written by the other run while this one waited" in err
+    assert "written by another run (dvc repro or Snakemake) since this one started" in err
     assert (out / "claims.csv").read_text().startswith("claim_id")
+
+
+def test_a_snakemake_job_replaces_outputs_another_run_wrote_after_snakemake_removed_them(tmp_path, monkeypatch):
+    """Snakemake removes a job's outputs, then starts its command: the other tool's run may publish in between."""
+    monkeypatch.setenv("BNFLOW_OUTPUT_LOCK_DIR", str(tmp_path / "locks"))
+    out = tmp_path / "stats"
+    out.mkdir()
+    for name in STATS_FILES:
+        (out / name).write_text("the other run's results\n")
+    env = {**os.environ, "BNFLOW_RUNNER": "snakemake"}  # what the Snakefile sets for its jobs
+    proc = subprocess.run([PY, "-m", "bnflow", *stats_command(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "since this one started" in proc.stderr, proc.stderr
+    assert (out / "claims.csv").read_text().startswith("claim_id")
+    assert 'os.environ["BNFLOW_RUNNER"] = "snakemake"' in (ROOT / "Snakefile").read_text()
 
 
 def test_a_manual_run_still_refuses_outputs_that_were_there_before_it(tmp_path, monkeypatch, capsys):
