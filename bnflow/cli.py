@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bnflow.config import Params, load_params
+from bnflow.cpu_guard import check_step
 from bnflow.errors import BnflowError, ConfigError
 from bnflow.io import LOG_FORMAT, out_of_space, step_lock
 
@@ -300,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # only the prepare step reads the files params name (prepare.archive): the others run without them
         params = load_params(*args.params, check_files=args.step == "prepare")
+        # paper-scale GPU work on a CPU is refused before it starts, in one line (bnflow.cpu_guard)
+        check_step(params, args.step, getattr(args, "cell", None) or getattr(args, "model", None))
         outputs = step_outputs(args)
         wait = lambda: log.info("%s: another run of this step (Snakemake or dvc repro) is writing it; waiting for "  # noqa: E731
                                 "it to finish", outputs[0])
@@ -321,7 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "no partly written output was published; free some space and run the same command again")
     except BnflowError as e:
         return _report(args, file_handler, e)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (issue 24)
+        print(f"bnflow {args.step}: interrupted; nothing partial was published{RESUMES.get(args.step, '')}",
+              file=sys.stderr)
+        return 130
     return 0
+
+
+RESUMES = {"train": "; the same command resumes from the finished seeds and resume states kept in "
+                    "<out_dir>/.partial/ (bnflow.train.cell)"}
+"""What an interrupted step keeps for the next run of the same command, in its one line."""
 
 
 def _report(args: argparse.Namespace, file_handler: logging.FileHandler | None, e: object) -> int:

@@ -21,6 +21,7 @@ from conftest import ROOT, copy_params
 
 PARAMS = ROOT / "params.yaml"
 QUICK = ROOT / "workflow" / "quick.yaml"
+PAPER_VGG = ROOT / "workflow" / "paper-vgg.yaml"  # the paper-scale VGG cells, an overlay (they need a GPU)
 
 
 @pytest.fixture
@@ -42,17 +43,17 @@ def test_a_dln_step_counts_its_matrix_products():
     assert cpu_guard.gflop_per_step(p, "dln") == pytest.approx(3 * d.depth * 2 * d.dim * d.dim * d.n_samples / 1e9)
 
 
-def test_paper_scale_is_the_papers_vgg_not_the_dln_nor_the_quick_runs_vgg():
-    paper = load_params(PARAMS, check_files=False)
+def test_paper_scale_is_the_papers_vgg_not_the_dln_vgg_cpu_nor_the_quick_runs_vgg():
+    paper = load_params(PARAMS, PAPER_VGG, check_files=False)
     quick = load_params(PARAMS, QUICK, check_files=False)
     assert cpu_guard.paper_scale(paper, "vgg")
-    assert not cpu_guard.paper_scale(paper, "dln")
+    assert not cpu_guard.paper_scale(paper, "dln") and not cpu_guard.paper_scale(paper, "vgg_cpu")
     assert not cpu_guard.paper_scale(quick, "vgg")
-    assert "dln-*" in cpu_guard.cpu_sized_patterns(paper) and "vgg-*" not in cpu_guard.cpu_sized_patterns(paper)
+    assert cpu_guard.cpu_sized_patterns(paper) == ["dln-*", "vgg_cpu-*"]  # the models of the grid, in its order
 
 
 def test_refusal_names_the_cost_the_cpu_cells_and_the_opt_in(no_gpu, monkeypatch):
-    p = load_params(PARAMS, check_files=False)
+    p = load_params(PARAMS, PAPER_VGG, check_files=False)
     vgg = next(c for c, cell in p.train.grid.items() if cell.model == "vgg")
     dln = next(c for c, cell in p.train.grid.items() if cell.model == "dln")
     line = cpu_guard.refusal(p, [("prepare", "vgg"), ("train", vgg), ("probe", vgg), ("lrscan", "vgg"),
@@ -61,20 +62,21 @@ def test_refusal_names_the_cost_the_cpu_cells_and_the_opt_in(no_gpu, monkeypatch
     assert "3 jobs of vgg (1 train, 1 probe, 1 lrscan)" in line and "no CUDA GPU is visible" in line
     hours = sum(cpu_guard.job_cost(p, s, k).hours for s, k in [("train", vgg), ("probe", vgg), ("lrscan", "vgg")])
     assert f"about {hours:,.0f} h" in line
-    assert "cells='dln-*" in line and f"{cpu_guard.ALLOW_ENV}=1" in line
+    assert "--config cells='dln-*,vgg_cpu-*'" in line and f"{cpu_guard.ALLOW_ENV}=1" in line
     assert cpu_guard.refusal(p, [("train", dln), ("probe", dln), ("lrscan", "dln")]) is None
     monkeypatch.setenv(cpu_guard.ALLOW_ENV, "1")
     assert cpu_guard.refusal(p, [("train", vgg)]) is None
 
 
-def test_a_gpu_or_the_quick_run_is_never_refused(monkeypatch):
+def test_a_gpu_the_committed_grid_or_the_quick_run_is_never_refused(monkeypatch):
     monkeypatch.delenv(cpu_guard.ALLOW_ENV, raising=False)
-    p = load_params(PARAMS, check_files=False)
+    paper = load_params(PARAMS, PAPER_VGG, check_files=False)
     monkeypatch.setattr(cpu_guard, "cpu_reason", lambda params: None)  # a GPU
-    assert cpu_guard.refusal(p, [("train", c) for c in p.train.grid]) is None
+    assert cpu_guard.refusal(paper, [("train", c) for c in paper.train.grid]) is None
     monkeypatch.setattr(cpu_guard, "cpu_reason", lambda params: "no CUDA GPU is visible")
-    quick = load_params(PARAMS, QUICK, check_files=False)
-    assert cpu_guard.refusal(quick, [("train", c) for c in quick.train.grid] + [("lrscan", "vgg")]) is None
+    for p in (load_params(PARAMS, check_files=False), load_params(PARAMS, QUICK, check_files=False)):
+        jobs = [(s, c) for c in p.train.grid for s in ("train", "probe")] + [("lrscan", m) for m in p.lrscan.models]
+        assert cpu_guard.refusal(p, jobs) is None
 
 
 def test_device_cpu_counts_as_the_cpu(raw_params):
@@ -82,10 +84,11 @@ def test_device_cpu_counts_as_the_cpu(raw_params):
     assert cpu_guard.cpu_reason(from_dict(raw_params, check_files=False)) == "train.execution.device is cpu"
 
 
-@pytest.mark.skipif(cpu_guard.cpu_reason(load_params(PARAMS, check_files=False)) is None, reason="has a CUDA GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="has a CUDA GPU")
 def test_the_cli_refuses_a_paper_scale_cell_in_one_line_before_it_starts(tmp_path, monkeypatch):
     monkeypatch.delenv(cpu_guard.ALLOW_ENV, raising=False)
-    cmd = [sys.executable, "-m", "bnflow", "train", "--params", str(PARAMS), "--cell", "vgg-bn-lr0.1",
+    cmd = [sys.executable, "-m", "bnflow", "train", "--params", str(PARAMS), "--params", str(PAPER_VGG),
+           "--cell", "vgg-bn-lr0.1",
            "--data", str(tmp_path / "vgg.npz"), "--runs-dir", str(tmp_path / "runs"),
            "--checkpoints-dir", str(tmp_path / "ckpt")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -96,7 +99,7 @@ def test_the_cli_refuses_a_paper_scale_cell_in_one_line_before_it_starts(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(cpu_guard.cpu_reason(load_params(PARAMS, check_files=False)) is None, reason="has a CUDA GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="has a CUDA GPU")
 def test_snakemake_refuses_before_any_job_and_the_opt_in_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv(cpu_guard.ALLOW_ENV, raising=False)
     shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")

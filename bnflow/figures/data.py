@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bnflow.config import Params, to_plain
+from bnflow.describe import SOURCE_TEXT
 from bnflow.errors import DataError
 from bnflow.figures.palette import VariantStyle, variant_styles
 from bnflow.figures.scales import describe_scales
@@ -49,8 +50,6 @@ LRSCAN_COLUMNS = {
     "scan": ("model", "variant", "lr", "seed", "steps", "diverged", "loss0", "final_loss", "trainable"),
     "thresholds": ("model", "variant", "seed", "max_trainable_lr", "first_failing_lr"),
 }
-SOURCE_TEXT = {"torchvision": "CIFAR-10 (torchvision download)", "archive": "CIFAR-10 (local archive)",
-               "synthetic": "synthetic 10-class images (prepare.source: synthetic), not CIFAR-10"}
 
 
 def _empty_grid() -> pd.DataFrame:
@@ -321,12 +320,23 @@ def load_figure_data(params: Params, runs_root: Path, probes_root: Path | None =
     )
 
 
+PROBE_PARAMS_AT = (("params", "probe"), ("provenance", "params", "probe"))
+"""Where probe.json keeps the probe params it ran with: top-level `params` (the probe step since 212fc30), or inside
+`provenance` (before it; no committed file has that layout, a results folder of that time still reads)."""
+
+
 def _probe_params(run_dir: Path, params: Params) -> Mapping:
     """The probe params the probe step recorded in probe.json; params.yaml's when it recorded none."""
     path = run_dir / "probe.json"
     try:
-        recorded = json.loads(path.read_text())["provenance"]["params"]["probe"]
-    except (OSError, ValueError, KeyError, TypeError):
-        log.info("%s: no probe params recorded; captions describe params.yaml's probe section", path)
-        return to_plain(params.probe)
-    return recorded
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    for keys in PROBE_PARAMS_AT:
+        node = recorded
+        for k in keys:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping):
+            return node
+    log.info("%s: no probe params recorded; captions describe params.yaml's probe section", path)
+    return to_plain(params.probe)

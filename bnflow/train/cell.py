@@ -249,9 +249,31 @@ def _train_seeds(params: Params, cell_id: str, seed_list: list[int], data_path: 
     if procs <= 1:
         return [train_seed(*job) for job in jobs]
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    with mp.get_context("spawn").Pool(procs, initializer=_worker_init,
-                                      initargs=(threads, quiet, os.getpid(), log_files)) as pool:
+    with _sigint_ignored():  # Ctrl-C: the workers never see it (_sigint_ignored says why)
+        pool = mp.get_context("spawn").Pool(procs, initializer=_worker_init,
+                                            initargs=(threads, quiet, os.getpid(), log_files))
+    with pool:  # leaving it, also on KeyboardInterrupt, terminates the workers
         return pool.starmap(train_seed, jobs)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while the worker processes start, so that they ignore it for good.
+
+    Ctrl-C sends SIGINT to the whole process group: each worker would stop with a traceback of its own while the main
+    process printed a third. Started with SIGINT ignored, a spawned Python keeps ignoring it (it installs its
+    KeyboardInterrupt handler only over the default action), so only the main process raises KeyboardInterrupt;
+    leaving the pool terminates the workers, whose finished seeds and last resume states stay in the cell's scratch
+    (results/.partial/), and the CLI ends with one line (bnflow.cli). The same command resumes from there.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _train(params: Params, cell_id: str, seed_list: list[int], data_path: Path | None, scratch: Path,

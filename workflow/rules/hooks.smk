@@ -1,6 +1,41 @@
-# What a run says before its first job and after its last one (the Snakefile's W, P and OUT).
+# What a run says before its first job and after its last one, and what `snakemake --report` says about it
+# (the Snakefile's W, P and OUT).
+import logging
 import os
 import sys
+
+from bnflow.dag import stamp_dir
+from bnflow.describe import run_description
+
+
+class _OneMetadataNote(logging.Filter):
+    """`snakemake --report` warns once per output that Snakemake has no record of (88 lines on a fresh clone, where
+    dvc.lock, not .snakemake/, records the committed results; outputs `dvc repro` made have none either). One line
+    says it instead."""
+
+    seen = 0
+
+    def filter(self, record):
+        if not str(record.msg).startswith("Missing metadata for file"):
+            return True
+        self.seen += 1
+        record.msg, record.args = ("bnflow: outputs that Snakemake has no record of (those of a fresh clone or of "
+                                   "`dvc repro`: dvc.lock records them) are in the report without their job's run "
+                                   "times"), ()
+        return self.seen == 1
+
+
+logging.getLogger("snakemake.logging").addFilter(_OneMetadataNote())
+
+# The report's front page: the run's params files, data, seeds and budgets (bnflow/describe.py), written for the
+# run this Snakefile plans; a quick report says "synthetic", a paper report CIFAR-10.
+_DESCRIPTION = stamp_dir(OUT) / "report.rst"
+_DESCRIPTION.parent.mkdir(parents=True, exist_ok=True)
+if not _DESCRIPTION.exists() or _DESCRIPTION.read_text() != run_description(P, W.params_files):
+    _DESCRIPTION.write_text(run_description(P, W.params_files))
+
+
+report: str(_DESCRIPTION.resolve())
 
 
 onstart:
