@@ -568,6 +568,10 @@ def test_waiting_cells_by_hand():
     assert waiting_cells(grid, Need(("vgg",), ("bn",), {"vgg": (0.1,)}, first_lr=True)) == ["vgg-bn-lr0.1"]
     assert waiting_cells(grid, Need()) == ["dln-bn-lr1e-06", "vgg-bn-lr0.01", "vgg-bn-lr0.1", "vgg-bn-lr0.5"]
     assert waiting_cells(grid, Need(cells=False, lrscan=True)) == []
+    lp = Need(("vgg",), ("standard", "bn", "l1"), {"vgg": (0.1,)}, requires=("l1",))
+    assert waiting_cells(grid, lp) == []  # no l1 cell: the figure is never drawn, so it waits for none
+    with_l1 = pd.concat([grid, grid_frame({"vgg-l1-lr0.1": False})], ignore_index=True)
+    assert waiting_cells(with_l1, lp) == ["vgg-bn-lr0.1", "vgg-l1-lr0.1"]
     assert waiting_cells(grid.iloc[:0], Need()) == []
     beyond = Need(None, None, {"vgg": (0.1,), "dln": (1e-6,)}, first_lr=True, beyond_paper=True)
     assert waiting_cells(grid, beyond) == []  # the paper's variants only: the figure is never drawn, waits for none

@@ -56,12 +56,13 @@ class FigureSpec:
         present = present_models(data.runs, data.dense.get("metrics"))
         own = self.model in present
         if not own and (self.model != PAPER_VGG or not present & set(self.need.models or ())):
-            return Skip(not_run_reason(self.model, data.grid))
+            return Skip(not_run_reason(self.model, data.grid, self.need.requires))
         out = self.figure(data, model=self.model)
         if isinstance(out, Skip):
             return out
         if not own:  # a figure that also draws another model (Fig 5: the DLN) without its VGG panel
-            out = dataclasses.replace(out, caption=f"{out.caption} VGG panel: {not_run_reason(self.model, data.grid)}.")
+            why = not_run_reason(self.model, data.grid, self.need.requires)
+            out = dataclasses.replace(out, caption=f"{out.caption} VGG panel: {why}.")
         scale = phrase_of(data.scales, self.model)
         if scale is None:
             return out
@@ -105,12 +106,12 @@ def _per_scale(specs: tuple[FigureSpec, ...]) -> tuple[FigureSpec, ...]:
     return tuple(at_scale(s, m) for s in specs for m in (VGG_FAMILIES if s.model is not None else (None,)))
 
 
-def _vgg(variants: tuple[str, ...], lrs=PAPER_LRS, first: bool = False) -> Need:
-    return Need(("vgg",), variants, lrs, first)
+def _vgg(variants: tuple[str, ...], lrs=PAPER_LRS, first: bool = False, requires=None) -> Need:
+    return Need(("vgg",), variants, lrs, first, requires=requires)
 
 
-def _dln(variants: tuple[str, ...], lrs=PAPER_LRS, first: bool = False) -> Need:
-    return Need(("dln",), variants, lrs, first)
+def _dln(variants: tuple[str, ...], lrs=PAPER_LRS, first: bool = False, requires=None) -> Need:
+    return Need(("dln",), variants, lrs, first, requires=requires)
 
 
 LANDSCAPE = ("At each probed step, the loss and gradient on the step's own batch after moving along the negative "
@@ -135,7 +136,7 @@ FIGURES = _per_scale((
                "makes layer inputs unstable on purpose, beside BN and standard: training accuracy and activation "
                "distributions at three layers. The paper's point: noisy BN trains about as fast as BN, so stable "
                "distributions are not what makes BN work.",
-               activations.fig02_noisy_bn, _vgg(SBN, first=True), PAPER_VGG),
+               activations.fig02_noisy_bn, _vgg(SBN, first=True, requires=("noisy_bn",)), PAPER_VGG),
     FigureSpec("fig03a_ics_vgg", "Fig 3a", "internal covariate shift in VGG (ℓ2 difference, cosine)",
                "Internal covariate shift (paper Definition 2.1) of two VGG layers over training: how much a layer's "
                "gradient on the same batch changes when the layers before it take their update (ℓ2 difference, the "
@@ -156,12 +157,13 @@ FIGURES = _per_scale((
                "Training accuracy (VGG) and training loss (deep linear network) with ℓ1, ℓ2 and ℓ∞ normalisation in "
                "place of BN, beside standard and BN. The paper's point: normalisations with no claim to stabilise "
                "distributions help training as much as BN.",
-               training.fig05_lp_training, Need(("vgg", "dln"), SBLP, PAPER_LRS), PAPER_VGG),
+               training.fig05_lp_training, Need(("vgg", "dln"), SBLP, PAPER_LRS, requires=LP_VARIANTS),
+               PAPER_VGG),
     FigureSpec("fig06_lp_activations", "Fig 6", "activation distributions under each normalisation",
                "Distribution over time of one tracked unit of a deep VGG layer under each normalisation (the recorded "
                "layer nearest the paper's). ℓp-normalised networks train well although their activations look "
                "nothing like BN's.",
-               activations.fig06_lp_activations, _vgg(SBLP, first=True), PAPER_VGG),
+               activations.fig06_lp_activations, _vgg(SBLP, first=True, requires=LP_VARIANTS), PAPER_VGG),
     FigureSpec("fig08a_moment_change", "Fig 8a", "change of activation mean and variance between probes",
                "For standard, BN and noisy BN: how much each tracked channel's batch mean and variance change from "
                "one probe to the next, in units of the channel's earlier scale, at three layers: a direct look at "
@@ -192,11 +194,11 @@ FIGURES = _per_scale((
     FigureSpec("fig12_lp_vgg", "Fig 12a–d", "VGG with ℓp normalisations: accuracy and landscape probes",
                f"The training accuracy, then Fig 4's probes for VGG with ℓ1, ℓ2 and ℓ∞ normalisation beside standard "
                f"and BN. {LANDSCAPE}",
-               landscape.fig12_lp_vgg, _vgg(SBLP), PAPER_VGG),
+               landscape.fig12_lp_vgg, _vgg(SBLP, requires=LP_VARIANTS), PAPER_VGG),
     FigureSpec("fig13_lp_dln", "Fig 13a–d", "DLN with ℓp normalisations: loss and landscape probes",
                f"The training loss, then Fig 10's probes for the deep linear network with ℓ1, ℓ2 and ℓ∞ "
                f"normalisation beside standard and BN. {LANDSCAPE}",
-               landscape.fig13_lp_dln, _dln(SBLP)),
+               landscape.fig13_lp_dln, _dln(SBLP, requires=LP_VARIANTS)),
     FigureSpec("figv1_variants_landscape", "Beyond 1", "every variant: training and loss-landscape probes",
                "Every variant of every model in the grid (new normalisations, a ResNet, plug-in variants) at its "
                "reference lr: the training curve, the spread of the loss over the probe step sizes, the largest "

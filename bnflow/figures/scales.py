@@ -11,7 +11,7 @@ words stay true when train.vgg_cpu changes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -81,10 +81,15 @@ def present_models(runs: pd.DataFrame, metrics: pd.DataFrame | None) -> set[str]
     return found
 
 
-def not_run_reason(model: str, grid: pd.DataFrame) -> str:
+def not_run_reason(model: str, grid: pd.DataFrame, requires: Sequence[str] | None = None) -> str:
     """Why a figure of `model` is not drawn when none of its runs are there: the paper-scale VGG needs a GPU (and
-    workflow/paper-vgg.yaml's grid); another family waits for its grid cells, or has none in the grid."""
+    workflow/paper-vgg.yaml's grid); another family waits for its grid cells, or has none in the grid (none of the
+    variants the figure requires, select.Need.requires: the ℓp figures at a scale whose grid has no ℓp cell)."""
     if model == PAPER_VGG:
         return GPU_NOTE
-    in_grid = not grid.empty and (grid.model == model).any()
-    return NOT_RUN if in_grid else f"no {model} cells in the grid (train.grid)"
+    own = grid[grid.model == model] if not grid.empty else grid
+    if own.empty:
+        return f"no {model} cells in the grid (train.grid)"
+    if requires is not None and not own.variant.isin(list(requires)).any():
+        return f"no {model} {', '.join(requires)} cells in the grid (train.grid): not run at this scale"
+    return NOT_RUN

@@ -96,6 +96,9 @@ class Need:
         lrscan: the figure draws the lr scan: it waits for every scanned model whose lrscan folder is absent.
         beyond_paper: the figure is drawn only when the grid holds a model or variant no paper figure draws
             (bnflow.figures.variants); on the paper's grid it waits for nothing.
+        requires: variants without which the figure is not drawn (the ℓp figures: l1, l2, linf); a model whose grid
+            cells hold none of them is one the figure waits for nothing of (its standard and BN cells alone would
+            never draw it). None: no such variants.
     """
 
     models: tuple[str, ...] | None = None
@@ -105,6 +108,7 @@ class Need:
     cells: bool = True
     lrscan: bool = False
     beyond_paper: bool = False
+    requires: tuple[str, ...] | None = None
 
 
 PAPER_MODELS = ("vgg", "vgg_cpu", "dln")
@@ -137,6 +141,8 @@ def waiting_cells(grid: pd.DataFrame, need: Need) -> list[str]:
         g = g[g.variant.isin(need.variants)]
     out: list[str] = []
     for model, rows in g.groupby("model", sort=True):
+        if need.requires is not None and not rows.variant.isin(need.requires).any():
+            continue
         paper = paper_lrs(need.lrs, str(model)) if need.lrs is not None else None
         chosen = pick_lrs(rows.lr, paper) if paper is not None else sorted(set(rows.lr.astype(float)), reverse=True)
         chosen = chosen[:1] if need.first_lr else chosen
