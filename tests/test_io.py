@@ -52,3 +52,35 @@ def test_run_provenance_holds_no_volatile_fact():
     assert prov["device"] == {"device": "cpu"} and "torch" in prov["packages"]
     assert str(Path.cwd()) not in repr(prov) and sys.executable not in repr(prov)  # no absolute path
     assert io.run_provenance("cpu") == prov  # same facts, same record
+
+
+def test_the_step_lock_folder_must_be_private_and_a_lock_is_exclusive(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    import pytest
+
+    from bnflow.errors import ConfigError
+
+    target = tmp_path / "someone-elses"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    for folder, mode in ((tmp_path / "link", None), (tmp_path / "open", 0o777)):
+        if mode is not None:
+            folder.mkdir()
+            os.chmod(folder, mode)
+        monkeypatch.setenv(io.OUTPUT_LOCK_DIR_ENV, str(folder))
+        with pytest.raises(ConfigError, match="step-lock folder must be a folder of yours"):
+            with io.step_lock(tmp_path / "out.csv", []):
+                pass
+    assert list(target.iterdir()) == []  # nothing planted through the link
+    monkeypatch.setenv(io.OUTPUT_LOCK_DIR_ENV, str(tmp_path / "locks"))
+    with io.step_lock(tmp_path / "out.csv", []) as written:
+        assert written is False
+        (lock,) = (tmp_path / "locks").iterdir()
+        fd = os.open(lock, os.O_RDWR)
+        with pytest.raises(BlockingIOError):  # held: another process's step would wait here
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the step
+    os.close(fd)
+    assert oct((tmp_path / "locks").stat().st_mode & 0o777) == "0o700"
