@@ -77,6 +77,21 @@ def test_a_hostile_grid_cell_key_never_runs_under_dvc_repro_nor_snakemake(tmp_pa
     assert proc.returncode != 0 and "train.grid" in proc.stderr and not (ws / "MARKER").exists()
 
 
+@pytest.mark.slow
+def test_a_hostile_lrscan_model_never_runs_under_dvc_repro(tmp_path):
+    """lrscan's stages are `foreach: ${lrscan.models}`: a model name from params becomes a stage name too."""
+    hostile = "dln;touch MARKER;echo"
+    raw = read_yaml(ROOT / "params.yaml")
+    ws = dvc_workspace(tmp_path, **{"lrscan.models": ["dln", hostile], f"lrscan.{hostile}": raw["lrscan"]["dln"],
+                                    f"train.{hostile}": raw["train"]["dln"]})
+    data = ws / "results" / "data" / f"{hostile}.npz"  # the stage's input, so that DVC runs its command at once
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"x")
+    proc = run([PY, "-m", "dvc", "repro", "--single-item", f"lrscan@{hostile}"], ws)
+    assert not (ws / "MARKER").exists(), "the model name's shell text ran under dvc repro"
+    assert proc.returncode != 0 and "lrscan" in proc.stderr, proc.stderr
+
+
 def test_the_dvc_stage_is_read_as_one_word_and_checked_against_the_params():
     p = cli.load_params(ROOT / "params.yaml", check_files=False)
     cell = next(iter(p.train.grid))
