@@ -88,7 +88,7 @@ def packed_windows(plain: dict, data_path: Path, device: torch.device, cfg: Loop
     tasks = [VggTask(p.train, cell, seed, data_path, device) for seed in range(n_seeds)]
     probers = None
     if row.probe_every:
-        plan = ProbePlan.build(p.train.probes.vgg, p.train.probes, cell.lr)
+        plan = ProbePlan.build(getattr(p.train.probes, cell.model), p.train.probes, cell.lr)
         probers = [Prober.for_task(plan, t, base=p.train.seeds.base, seed=i) for i, t in enumerate(tasks)]
     boundaries = set(warmup + k * steps for k in range(windows + 1))
     cfg = dataclasses.replace(cfg, steps=warmup + windows * steps + 1, cuda_graphs=row.graphs,
@@ -121,15 +121,18 @@ def packed_windows(plain: dict, data_path: Path, device: torch.device, cfg: Loop
     return [b - a for a, b in zip(times, times[1:])]
 
 
+PAPER_GRID = Path(__file__).resolve().parents[1] / "workflow" / "paper-vgg.yaml"
+
+
 def grid_cells(params_path: Path) -> dict[str, Any]:
-    """The default grid's VGG work, from params.yaml without overlays: steps per run, seeds, and its cells split
-    into those that replay CUDA graphs and the noisy ones, which train eagerly (noise generators)."""
-    p = load_params(params_path)
+    """The paper-scale VGG grid's work (params.yaml with workflow/paper-vgg.yaml, which lists its cells): steps per
+    run, seeds, and its cells split into those that replay CUDA graphs and the noisy ones, which train eagerly."""
+    p = load_params(params_path, PAPER_GRID, check_files=False)
     vgg = [c for c in p.train.grid.values() if c.model == "vgg"]
     noisy = [c.id for c in vgg if noise_modules(build_vgg(p.train.vgg.arch, c.variant, width_mult=1 / 64,
                                                           generator=torch.Generator()))]
     return {"arch": p.train.vgg.arch, "batch_size": p.train.vgg.batch_size, "steps": p.train.vgg.steps,
-            "seeds": p.train.seeds.n, "cells": [c.id for c in vgg], "noisy_cells": noisy,
+            "seeds": p.train.seeds.count("vgg"), "cells": [c.id for c in vgg], "noisy_cells": noisy,
             "probe_every": p.train.probes.vgg.every}
 
 

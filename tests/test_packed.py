@@ -32,7 +32,7 @@ from bnflow.tasks import VggTask
 from bnflow.train.cell import loop_config, train_cell, write_run
 from bnflow.train.loop import train_loop
 from bnflow.train.packed import RESUME_FILE, PackedBatches, train_packed
-from bnflow.train.packed_cell import packed_plan, train_cell_packed
+from bnflow.train.packed_cell import VGG_FAMILIES, packed_plan, train_cell_packed
 from bnflow.vocab import VARIANTS
 from conftest import tiny_params
 
@@ -365,7 +365,7 @@ def test_packed_plan_packs_vgg_cells_only(tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="bnflow.train"):
             caplog.clear()
             use, why = packed_plan(p, cell)
-        assert use == (cell.model == "vgg"), cell.id
+        assert use == (cell.model in VGG_FAMILIES), cell.id  # the paper-scale and the reduced-scale VGG
         assert use or ("packing is for VGG" in why and why in caplog.text)  # the train step's log says so
 
 

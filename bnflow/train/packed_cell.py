@@ -1,6 +1,7 @@
 """One VGG cell's seeds trained packed, built exactly as train_seed builds each separate run (issue 16).
 
-`packed_plan` says whether a cell trains packed (train.numerics.mode: packed, a VGG cell, a packable variant) or why
+`packed_plan` says whether a cell trains packed (train.numerics.mode: packed, a VGG cell of either scale, vgg or
+vgg_cpu, a packable variant) or why
 its seeds train separately; `train_cell_packed` builds every seed's VggTask, fingerprint, checkpoint meta and
 dense-probe Prober as train_seed does, runs bnflow.train.packed.train_packed, and hands back per seed what train_seed
 writes into the seed's run folder.
@@ -25,6 +26,8 @@ from bnflow.train.loop import LoopConfig, RunOutcome
 from bnflow.train.packed import train_packed
 
 log = logging.getLogger("bnflow.train")
+VGG_FAMILIES = ("vgg", "vgg_cpu")
+"""The model families built by build_vgg from their train.<model> section: the ones packing knows."""
 
 
 def packed_plan(params: Params, cell: Cell) -> tuple[bool, str]:
@@ -35,12 +38,12 @@ def packed_plan(params: Params, cell: Cell) -> tuple[bool, str]:
     """
     if params.train.numerics.mode != "packed":
         return False, "train.numerics.mode is separate"
-    if cell.model != "vgg":
+    if cell.model not in VGG_FAMILIES:
         why = (f"{cell.id}: train.numerics.mode is packed, but packing is for VGG cells (the {cell.model} is not "
                "packed; the DLN is tiny and CPU-bound): its seeds train separately")
     else:
         # the layer types decide, not the widths: a 1/64-wide model answers in milliseconds
-        problem = packing_problem(build_vgg(params.train.vgg.arch, cell.variant, width_mult=1 / 64,
+        problem = packing_problem(build_vgg(getattr(params.train, cell.model).arch, cell.variant, width_mult=1 / 64,
                                             **norm_options(params.train, cell.variant), generator=torch.Generator()))
         if problem is None:
             return True, ""
@@ -80,15 +83,17 @@ def train_cell_packed(params: Params, cell_id: str, seeds: Sequence[int], data_p
     fingerprints = [run_fingerprint(params, cell_id, seed, t.data_info.get("source_sha256"))
                     for seed, t in zip(seeds, tasks)]
     metas = [{"cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr, "seed": seed,
-              "fingerprint": fp, "model_config": to_plain(train.vgg)} for seed, fp in zip(seeds, fingerprints)]
+              "fingerprint": fp, "model_config": to_plain(getattr(train, cell.model))}
+             for seed, fp in zip(seeds, fingerprints)]
     ckpt_dirs = [scratch_dir / "checkpoints" / f"s{seed}" for seed in seeds]
     state_dir = scratch_dir / "state" / "packed"
     for d in (*ckpt_dirs, state_dir):
         d.mkdir(parents=True, exist_ok=True)
-    every = train.probes.vgg.every
+    dense = getattr(train.probes, cell.model)
+    every = dense.every
     probers: list[Prober | None] = [None] * len(tasks)
     if every:
-        plan = ProbePlan.build(train.probes.vgg, train.probes, cell.lr)
+        plan = ProbePlan.build(dense, train.probes, cell.lr)
         probers = [Prober.for_task(plan, t, base=train.seeds.base, seed=seed) for seed, t in zip(seeds, tasks)]
     log.info("%s: training seeds %s packed into one model", cell_id, list(seeds))
     outcomes = train_packed(tasks, loop_cfg, state_dir, ckpt_dirs, metas, config_hash({"packed": fingerprints}),
