@@ -101,7 +101,7 @@ def test_snakemake_rerun_incomplete_recovers_after_kill_9(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", "overlay=workflow/quick.yaml"]
     proc = subprocess.Popen(cmd, cwd=ws, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = ws / "results" / "quick" / ".partial"
-    deadline = time.time() + 180
+    deadline = time.time() + 1800  # ends as soon as a resume state exists: only a hang reaches it
     while time.time() < deadline and proc.poll() is None and not list(partial.glob("*/state/*/resume.pt")):
         time.sleep(0.1)
     assert proc.poll() is None, "the workflow finished before it could be killed"
@@ -352,14 +352,14 @@ def test_workers_exit_when_the_main_process_alone_is_killed(tmp_path, dataset):
     states = [Path(raw["out_dir"]) / ".partial" / CELL / "state" / f"s{s}" for s in (0, 1)]
     workers: list[int] = []
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 1800  # ends once both resume states exist
         while proc.poll() is None and time.time() < deadline and not all(s.exists() for s in states):
             time.sleep(0.1)
         workers = _children(proc.pid)
         assert proc.poll() is None and len(workers) == 2, "both workers must be training before the kill"
         os.kill(proc.pid, signal.SIGKILL)  # the main process only
         proc.wait()
-        deadline = time.time() + 10
+        deadline = time.time() + 600  # ends once the workers are gone
         while time.time() < deadline and any(_alive(w) for w in workers):
             time.sleep(0.1)
         assert not any(_alive(w) for w in workers), "workers outlived the main process"

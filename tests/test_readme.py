@@ -4,6 +4,7 @@ matches the recorded one (issue 14: a newcomer's first hour)."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import shlex
 import shutil
@@ -75,7 +76,7 @@ def test_snakemake_commands_use_real_flags_and_config_keys(cmd):
 @pytest.mark.parametrize("cmd", [c for c in commands() if c.startswith("dvc ")])
 def test_dvc_commands_use_real_subcommands_and_flags(cmd):
     argv = shlex.split(cmd)
-    depth = 3 if argv[1] in ("metrics", "params", "plots", "remote", "data") and len(argv) > 2 else 2
+    depth = 3 if argv[1] in ("metrics", "params", "plots", "remote", "data", "exp") and len(argv) > 2 else 2
     text = help_text(sys.executable, "-m", "dvc", *argv[1:depth])
     for flag in flags(argv[depth:]):
         assert re.search(rf"(^|\s|,){re.escape(flag)}[\s,=\]]", text), (cmd, flag)
@@ -89,6 +90,9 @@ def test_bnflow_steps_and_scripts_exist(cmd):
         return
     from bnflow.cli import STEPS
 
+    if argv[2] != "bnflow":  # a module of its own, e.g. python -m bnflow.check_results
+        assert importlib.util.find_spec(argv[2]) is not None, cmd
+        return
     step = argv[3]
     assert step in STEPS or step == "<step>"
 
@@ -129,3 +133,33 @@ def test_the_quick_run_time_the_readme_states_is_the_recorded_one():
     walls = [float(w) for w in re.findall(r"^\| \d+ \| ([\d.]+) \| [\d.]+ \|$", sections[-1], re.M)]
     median = sorted(walls)[len(walls) // 2]
     assert median <= 120 and 0.75 * median <= stated <= 1.25 * median, (stated, walls)
+
+
+def test_the_readme_names_the_cpu_opt_in_and_the_pr_check_the_code_uses():
+    from bnflow.cpu_guard import ALLOW_ENV
+
+    assert f"`{ALLOW_ENV}=1`" in README
+    check = "python -m bnflow.check_results"
+    assert check in README and check in (ROOT / ".github" / "workflows" / "pr.yml").read_text()
+
+
+def test_the_readme_states_the_full_suites_duration():
+    seconds, minutes = map(int, re.search(r"the full suite \((\d+) s, about (\d+) minutes", README).groups())
+    assert abs(seconds / 60 - minutes) < 1
+    assert f"(~{minutes} min)" in README  # the comment in the Tests block says the same
+
+
+GENEROUS_S = 600
+"""A test may bound a wait to end a hang, never so tightly that a busy machine trips it (issue 24: a 24 s test timed
+out at 120 s under load)."""
+
+
+def test_no_test_has_a_tight_wall_clock_limit():
+    tight = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            # `.wait(timeout=...)` waits for a process the test itself signalled: it ends at once, busy or not
+            for m in re.finditer(r"(?<!\.wait\()\btimeout=(\d+)|time\.time\(\) \+ (\d+)", line):
+                if int(m.group(1) or m.group(2)) < GENEROUS_S:
+                    tight.append(f"{path.name}:{n}: {line.strip()}")
+    assert tight == [], "\n".join(tight)
