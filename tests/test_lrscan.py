@@ -42,7 +42,7 @@ def test_a_tiny_scan_separates_a_sane_lr_from_a_diverging_one(tmp_path):
                      "loss_fraction": 0.9}
     params = from_dict(raw)
     dln_data = tmp_path / "dln.npz"
-    save_problems(dln_data, 0, params.train.seeds.indices, params.train.dln.n_samples, params.train.dln.dim)
+    save_problems(dln_data, 0, params.train.seeds.indices("dln"), params.train.dln.n_samples, params.train.dln.dim)
     vgg = scan_lrs(params, "vgg", data, tmp_path / "scan" / "vgg")  # one model per call: one job per model
     dln = scan_lrs(params, "dln", dln_data, tmp_path / "scan" / "dln")
     assert set(vgg.model) == {"vgg"} and set(dln.model) == {"dln"}

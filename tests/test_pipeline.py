@@ -16,15 +16,20 @@ import pytest
 import yaml
 
 from bnflow.config import merge, read_yaml
+from bnflow.vocab import MODELS
 from conftest import ROOT, copy_params
 
 pytestmark = pytest.mark.slow
 SHRINK = {"prepare": {"synthetic": {"n_train": 400, "n_test": 100}},
           "train": {"vgg": {"steps": 40, "eval_every": 20, "checkpoint_steps": [0, 40]},
+                    # the DVC tests' grid trains the reduced-scale VGG (dvc.yaml prepares vgg_cpu, not vgg): the same
+                    # narrow net as the quick overlay's vgg
+                    "vgg_cpu": {"width_mult": 0.125, "steps": 40, "batch_size": 32, "log_every": 5, "eval_every": 20,
+                                "eval_batch_size": 100, "checkpoint_steps": [0, 40]},
                     "dln": {"depth": 6, "steps": 60, "checkpoint_steps": [0, 60]},
                     "probes": {"dln": {"ics_layers": [2, 4], "activation_layers": [1, 6]}}},
           "probe": {"dln": {"ics_layers": [2, 4], "activation_layers": [1, 6]}}}
-SMALL_GRID = {"vgg-bn-lr0.1": {"model": "vgg", "variant": "bn", "lr": 0.1},
+SMALL_GRID = {"vgg_cpu-bn-lr0.1": {"model": "vgg_cpu", "variant": "bn", "lr": 0.1},
               "dln-bn-lr1e-06": {"model": "dln", "variant": "bn", "lr": 1.0e-6}}
 PY = sys.executable
 
@@ -47,8 +52,9 @@ def small_params(ws: Path, **changes) -> dict:
     params = merge(read_yaml(ROOT / "params.yaml"), read_yaml(ws / "workflow" / "quick.yaml"))
     params["out_dir"] = "results"
     params["train"]["grid"] = SMALL_GRID
-    params["train"]["seeds"]["n"] = 1
+    params["train"]["seeds"]["n"] = dict.fromkeys(MODELS, 1)  # params.yaml counts per family (what DVC tracks)
     params["lrscan"]["seeds"] = 1
+    params["lrscan"]["models"] = ["dln"]  # the grid's families with an lr scan (vgg_cpu has none)
     params = merge(params, changes)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
@@ -130,7 +136,7 @@ def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
     run(["git", "init", "-q"], ws)
     run([PY, "-m", "dvc", "init", "-q"], ws)
     run([PY, "-m", "dvc", "repro", "-q"], ws)
-    assert (ws / "results" / "figures" / "fig01_accuracy.png").exists()
+    assert (ws / "results" / "figures" / "fig01_accuracy_vgg_cpu.png").exists()
     assert dvc_changed(ws) == {}
 
     def edit(change: dict) -> set[str]:
@@ -144,12 +150,12 @@ def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
         "train@dln-bn-lr1e-06", "lrscan@dln"}
     log = run([PY, "-m", "dvc", "repro"], ws)
     assert "Running stage 'train@dln-bn-lr1e-06'" in log and "Running stage 'figures'" in log
-    assert "Running stage 'prepare@" not in log and "Running stage 'train@vgg-bn-lr0.1'" not in log
+    assert "Running stage 'prepare@" not in log and "Running stage 'train@vgg_cpu-bn-lr0.1'" not in log
     assert pd.read_csv(ws / "results" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").step.max() == 49
     # probe params re-run probing only (never training); claims re-run the stats only
-    assert edit({"probe": {"direction": "random"}}) == {"probe@vgg-bn-lr0.1", "probe@dln-bn-lr1e-06"}
+    assert edit({"probe": {"direction": "random"}}) == {"probe@vgg_cpu-bn-lr0.1", "probe@dln-bn-lr1e-06"}
     log = run([PY, "-m", "dvc", "repro"], ws)
-    assert "Running stage 'probe@vgg-bn-lr0.1'" in log and "Running stage 'train@" not in log
+    assert "Running stage 'probe@vgg_cpu-bn-lr0.1'" in log and "Running stage 'train@" not in log
     params["claims"][0]["alpha"] = 0.01
     assert edit({}) == {"stats"}
 
@@ -206,8 +212,8 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
     # probing needs the data (prepared again: deterministic, no re-training) and the checkpoints (named, not re-made)
     assert job_counts(out) == {"prepare": 2, "probe": 2, "summarize": 1, "stats": 1, "figures": 1, "all": 1,
                                "total": 8}
-    assert "dvc pull results/checkpoints/vgg-bn-lr0.1" in out  # said, not silently re-trained
-    assert set(dvc_changed(clone)) == {"probe@vgg-bn-lr0.1", "probe@dln-bn-lr1e-06"}
+    assert "dvc pull results/checkpoints/vgg_cpu-bn-lr0.1" in out  # said, not silently re-trained
+    assert set(dvc_changed(clone)) == {"probe@vgg_cpu-bn-lr0.1", "probe@dln-bn-lr1e-06"}
     failed = run([PY, "-m", "dvc", "repro", "--allow-missing"], clone, ok=False)
     # DVC stops at the first cached input that is absent (the data or the checkpoints), naming it: no re-training
     assert re.search(r"No such file or directory: '[^']*results/(data|checkpoints)/", failed), failed[-1500:]
