@@ -304,7 +304,8 @@ def _child(rank: int, plain: dict, data_path: str, device: str, threads: int | N
 
 
 def worker_threads(threads: int | None, n: int, device: torch.device) -> int:
-    """CPU threads of one of n runs: `threads` if given, else as train_cell's workers (cores // n on CPU, 1 on GPU)."""
+    """CPU threads of one of n runs: `threads` (--threads, by default train.numerics.threads_per_run, as every run of
+    the train step gets); without it cores // n on CPU, 1 on GPU."""
     return threads or (max(1, (os.cpu_count() or 1) // n) if device.type == "cpu" else 1)
 
 
@@ -458,8 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", default="synthetic", help="synthetic, or a prepared .npz (results/data/dataset.npz)")
     ap.add_argument("--n-train", type=int, help="synthetic training images [50000 on GPU, 2000 on CPU]")
     ap.add_argument("--num-workers", type=int, help="DataLoader workers of the typical loop [4 on GPU, 0 on CPU]")
-    ap.add_argument("--threads", type=int, help="torch CPU threads of every process [torch's default here; in the "
-                    "children as train_cell: cores // N on CPU, 1 on GPU]")
+    ap.add_argument("--threads", type=int, help="torch CPU threads of every process, this one and the children "
+                    "[params' train.numerics.threads_per_run, as every training run]")
     ap.add_argument("--cuda-graphs", choices=["off", "on", "both"],
                     help="bnflow rows eager (off), replaying CUDA graphs (on), or both [both on GPU, off on CPU]")
     ap.add_argument("--sync-every", type=int, help="train.execution.sync_every of the bnflow rows [params.yaml]")
@@ -484,6 +485,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.graph_modes = {"off": (False,), "on": (True,), "both": (False, True)}[s.cuda_graphs]
     s.n_train = s.n_train or (50000 if gpu else 2000)
     s.num_workers = (4 if gpu else 0) if s.num_workers is None else s.num_workers
+    if s.threads is None:  # every process as the train step's runs (bnflow.train.threads), not torch's default
+        s.threads = int(read_yaml(s.params)["train"]["numerics"]["threads_per_run"])
     try:
         s.parallel = tuple(int(v) for v in s.parallel.split(","))
     except ValueError:
