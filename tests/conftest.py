@@ -52,7 +52,8 @@ def tiny_params(tmp_path: Path, **train_overrides) -> Params:
     })
     raw["probe"] = merge(raw["probe"], {"dln": {"ics_layers": [2, 3], "activation_layers": [1, 4]}})
     raw["train"] = merge(raw["train"], train_overrides)
-    raw["train"]["grid"] = read_yaml(ROOT / "params.yaml")["train"]["grid"]  # every variant of the paper grid
+    # every variant of the paper grid: params.yaml's cells and the paper-scale VGG's (workflow/paper-vgg.yaml lists both)
+    raw["train"]["grid"] = read_yaml(ROOT / "workflow" / "paper-vgg.yaml")["train"]["grid"]
     return from_dict(raw)
 
 

@@ -64,7 +64,7 @@ def test_vgg_and_dln_learn(tmp_path, dataset):
     assert "path" not in summary["data"] and summary["data"]["n_train"] == 256
     # the params that decide the run: exactly what its fingerprint hashes (bnflow.tasks.run_facts)
     assert summary["params"] == run_facts(p, "vgg-bn-lr0.1")
-    assert set(summary["params"]) == {"cell", "base", "model", "norm", "noise", "probes"}
+    assert set(summary["params"]) == {"cell", "base", "model", "norm", "noise", "probes", "numerics"}
     assert summary["params"]["model"] == to_plain(p.train.vgg) and "execution" not in summary["params"]
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert set(prov) == {"code_revision", "packages", "device", "platform"}
