@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -83,7 +84,23 @@ def test_slurm_dry_run_puts_gpu_jobs_on_the_gpu_partition_and_cpu_jobs_on_the_cp
             (default["runtime"], default["mem_mb"], default["cpus_per_task"]), rule
 
 
-@pytest.mark.parametrize("name", ["slurm", "kubernetes"])
+def test_slurm_cpu_profile_is_the_slurm_profile_with_every_job_on_the_cpu_partition_and_no_gpu(tmp_path):
+    slurm, cpu = load_profile("slurm"), load_profile("slurm-cpu")
+    differ = {"default-resources", "set-resources"}
+    assert {k: v for k, v in cpu.items() if k not in differ} == {k: v for k, v in slurm.items() if k not in differ}
+    assert set(cpu["set-resources"]) == set(slurm["set-resources"])
+    plugin = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
+    jobs = dry_run_resources(workspace(tmp_path), "--workflow-profile", "workflow/profiles/slurm-cpu",
+                             *([] if plugin else ["--executor", "local"]))
+    shelled = [(rule, res) for rule, res in jobs if rule != "all"]
+    assert {"train", "probe", "lrscan", "prepare"} <= {rule for rule, _ in shelled}
+    for rule, res in shelled:  # gpu=0 overrides the rule's gpu=1: the plugin adds no --gpus
+        assert res["slurm_partition"] == cpu["default-resources"]["slurm_partition"], rule
+        assert int(res.get("gpu", 0)) == 0 and "gres" not in res and "gpu_model" not in res, rule
+        assert int(res["cpus_per_task"]) >= 1 and int(res["runtime"]) > 0, rule
+
+
+@pytest.mark.parametrize("name", ["slurm", "slurm-cpu", "kubernetes"])
 def test_profiles_set_no_global_gpu_limit_and_name_only_existing_rules(name, rules):
     profile = load_profile(name)
     assert "resources" not in profile, "a global `resources:` caps GPU jobs cluster-wide"
@@ -105,9 +122,96 @@ def test_kubernetes_profile_keeps_results_in_s3_and_asks_for_gpu_nodes():
 def test_profiles_readme_documents_the_commands():
     text = (PROFILES / "README.md").read_text()
     for command in ("snakemake --workflow-profile workflow/profiles/slurm",
+                    "snakemake --workflow-profile workflow/profiles/slurm-cpu",
+                    "workflow/profiles/slurm/local_cluster.py up", "--slurm-status-command squeue",
                     "snakemake --workflow-profile workflow/profiles/kubernetes",
                     "dvc remote add -d s3 s3://", "BNFLOW_GPU_LOCK_DIR"):
         assert command in text, command
+
+
+# -------------------------------------------------------------------------- the local SLURM cluster (its config)
+def local_cluster():
+    """workflow/profiles/slurm/local_cluster.py as a module (it is a script, not part of the bnflow package)."""
+    spec = importlib.util.spec_from_file_location("local_cluster", PROFILES / "slurm" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HARDWARE = {"CPUs": "8", "Boards": "1", "SocketsPerBoard": "2", "CoresPerSocket": "4", "ThreadsPerCore": "1",
+            "RealMemory": "64000"}
+
+
+def conf_lines(text: str, key: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"{key}=")]
+
+
+def test_local_cluster_declares_a_gpu_partition_only_where_there_are_gpus():
+    lc = local_cluster()
+    state = Path("/s")
+    conf = lc.slurm_conf(state, "n1", HARDWARE, 0, 7000)
+    (node,) = conf_lines(conf, "NodeName")
+    assert node.split()[:2] == ["NodeName=n1", "NodeAddr=127.0.0.1"]
+    assert "CPUs=8" in node.split() and "RealMemory=64000" in node.split() and "Gres" not in node
+    assert [p.split()[0] for p in conf_lines(conf, "PartitionName")] == ["PartitionName=cpu"]
+    assert not conf_lines(conf, "GresTypes")
+    assert conf_lines(conf, "SlurmctldPort") == ["SlurmctldPort=7000"] and conf_lines(conf, "SlurmdPort") == [
+        "SlurmdPort=7001"]
+    # every file the daemons write is in the state folder
+    for key in ("StateSaveLocation", "SlurmdSpoolDir", "SlurmctldLogFile", "SlurmdLogFile", "JobCompLoc"):
+        (line,) = conf_lines(conf, key)
+        assert line.split("=", 1)[1].startswith("/s/"), line
+    # no slurmdbd: jobs recorded in a file for `sacct -c`; finished jobs listed by squeue longer than the plugin's
+    # 3 x 40 s threshold for polling with squeue
+    assert conf_lines(conf, "JobCompType") == ["JobCompType=jobcomp/filetxt"]
+    assert int(conf_lines(conf, "MinJobAge")[0].split("=")[1]) >= 120
+
+    conf = lc.slurm_conf(state, "n1", HARDWARE, 2, 7000)
+    (node,) = conf_lines(conf, "NodeName")
+    assert "Gres=gpu:2" in node.split() and conf_lines(conf, "GresTypes") == ["GresTypes=gpu"]
+    assert [p.split()[:2] for p in conf_lines(conf, "PartitionName")] == [["PartitionName=cpu", "Nodes=n1"],
+                                                                          ["PartitionName=gpu", "Nodes=n1"]]
+    assert lc.gres_conf("n1", 2) == "NodeName=n1 Name=gpu File=/dev/nvidia[0-1]\n"
+    assert lc.gres_conf("n1", 1) == "NodeName=n1 Name=gpu File=/dev/nvidia0\n"
+
+
+def test_local_cluster_counts_the_gpus_nvidia_smi_lists(tmp_path, monkeypatch):
+    lc = local_cluster()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi at all
+    assert lc.gpu_count() == 0
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
+    fake.chmod(0o755)
+    assert lc.gpu_count() == 2
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver'\n")
+    assert lc.gpu_count() == 0
+
+
+def test_local_cluster_down_stops_the_recorded_processes_and_no_other(tmp_path):
+    """A recorded pid whose start time differs is another process that reused the pid: never signalled."""
+    lc = local_cluster()
+    ours, other = (subprocess.Popen(["sleep", "60"]) for _ in range(2))
+    try:
+        pids = {"slurmd": {"pid": ours.pid, "start": lc.start_time(ours.pid)},
+                "munged": {"pid": other.pid, "start": str(int(lc.start_time(other.pid)) + 1)}}
+        (tmp_path / "pids.json").write_text(json.dumps(pids))
+        lc.down(tmp_path)
+        assert ours.wait(timeout=20) == -15  # SIGTERM
+        assert other.poll() is None
+        assert not (tmp_path / "pids.json").exists()
+        lc.down(tmp_path)  # again: nothing recorded, nothing done
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_local_cluster_refuses_to_start_without_root_with_status_3(tmp_path, monkeypatch, capsys):
+    lc = local_cluster()
+    monkeypatch.setattr(lc.os, "geteuid", lambda: 1000)
+    assert lc.main(["up", "--state", str(tmp_path / "state")]) == 3
+    assert "needs root" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- PR workflow
