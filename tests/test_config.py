@@ -42,7 +42,7 @@ def test_reduced_scale_vgg_is_the_vgg_protocol_at_a_cpu_scale():
     """PROTOCOL §10: only the width and the step budget shrink; probe layers sit at the paper's positions."""
     p = load_params(ROOT / "params.yaml")
     v, c = p.train.vgg, p.train.vgg_cpu
-    assert (c.arch, c.width_mult, c.steps) == ("vgg11", 0.25, 5000)
+    assert (c.arch, c.width_mult, c.steps) == ("vgg11", 0.125, 5000)
     same = ("batch_size", "momentum", "weight_decay", "precision")
     assert [getattr(c, k) for k in same] == [getattr(v, k) for k in same]
     depth, paper_depth = p.train.n_layers("vgg_cpu"), p.train.n_layers("vgg")

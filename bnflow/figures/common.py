@@ -119,7 +119,7 @@ def runs_name(model: str) -> str:
 def model_phrase(data: FigureData, model: str) -> str:
     """'VGG (8 conv layers, SGD) on CIFAR-10 (...)' / 'Deep linear network (25 layers, full-batch GD) on …'; other
     image classifiers (bnflow.vocab.CLASSIFIERS) read like VGG. A reduced-scale family says so, with its scale from
-    params (bnflow.figures.scales): 'Reduced-scale VGG (VGG-11 ×0.25, 5,000 steps; PROTOCOL §10), 8 conv layers,
+    params (bnflow.figures.scales): 'Reduced-scale VGG (VGG-11 ×0.125, 5,000 steps; PROTOCOL §10), 8 conv layers,
     SGD, on …', so every caption that names the model names its scale."""
     depth = data.depths.get(model)
     if model == "dln":

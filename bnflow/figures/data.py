@@ -79,7 +79,7 @@ class FigureData:
         palette: variant -> look; variants missing here get one from palette.variant_styles over every variant in
             the data (see `style`).
         scales: reduced-scale model family -> the words its figures carry in title and caption
-            (scales.describe_scales: "reduced-scale VGG (VGG-11 ×0.25, 5,000 steps; PROTOCOL §10)").
+            (scales.describe_scales: "reduced-scale VGG (VGG-11 ×0.125, 5,000 steps; PROTOCOL §10)").
     """
 
     dense: Mapping[str, pd.DataFrame]

@@ -35,7 +35,7 @@ def arch_name(arch: str) -> str:
 
 
 def scale_phrase(arch: str, width_mult: float, steps: int, where: str) -> str:
-    """'reduced-scale VGG (VGG-11 ×0.25, 5,000 steps; PROTOCOL §10)', the words every reduced-scale figure carries.
+    """'reduced-scale VGG (VGG-11 ×0.125, 5,000 steps; PROTOCOL §10)', the words every reduced-scale figure carries.
 
     Args:
         arch: train.<model>.arch; width_mult: its conv-width multiplier; steps: its SGD step budget.
