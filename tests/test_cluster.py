@@ -54,13 +54,13 @@ def cluster(tmp_path_factory):
         cannot_run(up.stderr.strip())
     assert up.returncode == 0, up.stdout + up.stderr
     yield state
-    down = subprocess.run([*cmd, "down", "--state", str(state)], capture_output=True, text=True, timeout=120)
+    down = subprocess.run([*cmd, "down", "--state", str(state)], capture_output=True, text=True, timeout=600)
     print(down.stdout, end="")
     assert down.returncode == 0, down.stdout + down.stderr
 
 
 def out(*cmd: str) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
     return proc.stdout
 
@@ -79,7 +79,7 @@ def test_the_node_is_this_machine_and_up_again_changes_nothing(cluster):
     assert partitions == ({"cpu", "gpu"} if gpus else {"cpu"})
     pids = (cluster / "pids.json").read_text()
     again = subprocess.run([sys.executable, str(LOCAL_CLUSTER), "up", "--state", str(cluster)], capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=600)
     assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
     assert (cluster / "pids.json").read_text() == pids
     assert Path("/etc/slurm/slurm.conf").resolve() == cluster / "slurm.conf"
@@ -155,7 +155,7 @@ def test_quick_dag_on_the_cluster_survives_a_cancel_and_a_timeout_and_equals_a_l
     timed_out = run.wait_until("the resubmitted train job resuming",
                                lambda: "resuming at step" in run.train_log() and run.running(but={cancelled}))
     before = resume.stat().st_mtime_ns
-    run.wait_until("a resume state of the resubmitted job", lambda: resume.stat().st_mtime_ns != before, 300)
+    run.wait_until("a resume state of the resubmitted job", lambda: resume.stat().st_mtime_ns != before, 600)
     out("scancel", "--signal=STOP", str(timed_out))
     print(f"stopped SLURM job {timed_out} (the resubmission) past its time limit: {run.cell_jobs()}")
 
