@@ -200,6 +200,9 @@ def test_local_cluster_down_stops_the_recorded_processes_and_no_other(tmp_path):
         assert other.poll() is None
         assert not (tmp_path / "pids.json").exists()
         lc.down(tmp_path)  # again: nothing recorded, nothing done
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # a daemon that exited before `up` could read its start time
+        assert not lc.alive({"pid": gone.pid, "start": lc.start_time(gone.pid)})
     finally:
         for proc in (ours, other):
             proc.kill()

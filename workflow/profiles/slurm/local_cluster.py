@@ -28,6 +28,7 @@ daemons that do not come up), with the reason on stderr; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -168,7 +169,8 @@ def start_time(pid: int) -> str | None:
 
 
 def alive(rec: dict) -> bool:
-    return start_time(rec["pid"]) == rec["start"]
+    """Whether the recorded process still runs (a daemon that exited before its start time was read never does)."""
+    return rec["start"] is not None and start_time(rec["pid"]) == rec["start"]
 
 
 def read_pids(state: Path) -> dict[str, dict]:
@@ -284,13 +286,15 @@ def stop(name: str, rec: dict, grace: float = 15) -> None:
     """SIGTERM the recorded process (if it is still that process), SIGKILL it after `grace` seconds."""
     if not alive(rec):
         return
-    os.kill(rec["pid"], signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # it may end between the check and the signal
+        os.kill(rec["pid"], signal.SIGTERM)
     deadline = time.time() + grace
     while alive(rec) and time.time() < deadline:
         time.sleep(0.2)
     if alive(rec):
         say(f"{name} ({rec['pid']}) ignored SIGTERM for {grace:.0f} s; SIGKILL")
-        os.kill(rec["pid"], signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec["pid"], signal.SIGKILL)
 
 
 def down(state: Path) -> None:
