@@ -37,7 +37,7 @@ def test_a_tiny_scan_separates_a_sane_lr_from_a_diverging_one(tmp_path):
     data = tmp_path / "d.npz"
     save_prepared(data, make_synthetic(0, 256, 64))
     raw = to_plain(tiny_params(tmp_path))
-    raw["lrscan"] = {"vgg": {"variants": ["bn"], "lrs": [0.05, 1000.0], "steps": 30},
+    raw["lrscan"] = {"models": ["vgg", "dln"], "vgg": {"variants": ["bn"], "lrs": [0.05, 1000.0], "steps": 30},
                      "dln": {"variants": ["standard"], "lrs": [1e-6, 1.0], "steps": 20}, "seeds": 1,
                      "loss_fraction": 0.9}
     params = from_dict(raw)
