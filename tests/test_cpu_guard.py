@@ -106,7 +106,7 @@ def test_snakemake_refuses_before_any_job_and_the_opt_in_is_named(tmp_path, monk
     copy_params(tmp_path)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({
-        "out_dir": "out", "prepare": {"source": "synthetic"},
+        "out_dir": "out", "prepare": {"source": "synthetic"}, "lrscan": {"models": ["vgg"]},
         "train": {"grid": {"vgg-bn-lr0.1": {"model": "vgg", "variant": "bn", "lr": 0.1}}}}))
     # without the refusal this would train paper-scale VGG for days: the generous limit only ends such a mutant
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--resources", "gpu=1",
@@ -131,10 +131,20 @@ def test_training_workers_leave_ctrl_c_to_the_main_process(monkeypatch, tmp_path
     raw = merge(read_yaml(PARAMS), read_yaml(QUICK))
     raw["train"]["execution"]["parallel_runs"] = 2
     monkeypatch.setattr(cell_module, "train_seed", sigint_action)
-    got = cell_module._train_seeds(from_dict(raw, check_files=False), "dln-bn-lr1e-06", [0, 1], None, tmp_path,
-                                   torch.device("cpu"), True, "")
+    # as in a terminal (a shell's background job would start with SIGINT ignored, and so would every worker)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        got = cell_module._train_seeds(from_dict(raw, check_files=False), "dln-bn-lr1e-06", [0, 1], None, tmp_path,
+                                       torch.device("cpu"), True, "")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main process keeps Ctrl-C
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert got == [{"sigint": str(signal.SIG_IGN)}] * 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main process keeps Ctrl-C
+
+
+def _sigint_default() -> None:
+    """A terminal's foreground job takes Ctrl-C; a shell's background job (this test run's, maybe) ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _train_cmd(params: list[Path], out: Path, cell: str) -> list[str]:
@@ -162,7 +172,7 @@ def test_ctrl_c_ends_training_in_one_line_and_the_same_command_resumes(tmp_path,
     cmd = _train_cmd(params, out, cell)
     # its own process group, as a terminal's foreground job: Ctrl-C sends SIGINT to every process in it
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_default)
     state = out / ".partial" / cell / "state"
     first = state / "s0" / "resume.pt"
     while not first.exists() and proc.poll() is None:
