@@ -11,8 +11,8 @@ The rule:
   - every training run (each seed in its worker or in the step's own process, and one packed model) runs with
     exactly `train.numerics.threads_per_run` intra-op threads; as it decides numbers it is in run.json's params and a
     dependency of the train step (bnflow.tasks.run_facts, bnflow.dag.param_keys);
-  - every other step that computes with torch (prepare, the checkpoint-wise probes, the lr scan; bnflow.cli starts
-    them so) runs with STEP_THREADS, a constant, so no setting and no machine's core count changes its numbers;
+  - every other step (prepare, the checkpoint-wise probes, the lr scan, summaries, figures) runs with STEP_THREADS,
+    a constant, so no setting (and no machine's core count) changes its numbers;
   - inter-op threads are 1 everywhere (one op at a time: nothing to gain from a second pool on a busy machine).
 """
 
