@@ -48,6 +48,12 @@ def vgg_depth(arch: str) -> int:
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 """CIFAR ResNet depths 6n + 2 (He et al. 2016, §4.2): n basic blocks per stage, 3 stages; 20 is the default."""
 
+RESNET_STAGE_WIDTHS = (16, 32, 64)
+"""Channels of the CIFAR ResNet's three stages before train.resnet.width_mult (He et al. 2016, §4.2). Params
+validation tries plug-ins at these widths without importing the models; bnflow/models/resnet.py still spells its own
+STAGE_WIDTHS (a DVC dependency of committed results: it reads this one when they are next re-run), and
+tests/test_architecture.py keeps the two equal."""
+
 
 def resnet_conv_layers(depth: int) -> int:
     """Number of conv layers (layer #1..#(depth - 1)) of a CIFAR ResNet: the stem and 2 per basic block; the
