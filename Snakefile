@@ -5,7 +5,7 @@
 #   --config overlay=a.yaml,b.yaml stacks overlays (later files win)
 # params.yaml is the only configuration. bnflow validates it (and the optional overlay) before any job starts;
 # rules only template (quoted) paths and call `python -m bnflow <step>`, with the same commands as dvc.yaml's stages.
-# Each job also reads a params stamp (bnflow/dag.py): Snakemake re-runs a job when the params it reads change, also
+# Each job also reads a params stamp (bnflow/dag/): Snakemake re-runs a job when the params it reads change, also
 # on a fresh clone, where dvc.lock vouches for the committed results.
 
 import os

@@ -2,7 +2,7 @@ rule train:
     input:
         stamp=lambda w: W.stamp("train", w.cell),
         # ancient: re-creating the dataset byte for byte re-trains nothing; a prepare params edit reaches this job
-        # through its stamp; declared only when the job runs (bnflow/dag.py, Plan.data_inputs)
+        # through its stamp; declared only when the job runs (bnflow/dag/planning.py, Plan.data_inputs)
         data=lambda w: [ancient(p) for p in W.data_inputs("train", w.cell)],
     output:
         runs=directory(f"{OUT}/runs/{{cell}}"),
