@@ -191,7 +191,9 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 def logs(state: Path) -> str:
-    return "\n".join(f"  {state}/log/{name}.log:\n{tail(state / 'log' / f'{name}.log')}" for name in DAEMONS)
+    """The tail of each daemon's log file and of its console output (where a daemon that fails at start says why)."""
+    paths = [state / "log" / f"{name}{ext}" for name in DAEMONS for ext in (".log", ".out")]
+    return "\n".join(f"  {path}:\n{tail(path)}" for path in paths if path.exists())
 
 
 def node_state() -> str:
