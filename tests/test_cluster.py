@@ -6,7 +6,7 @@ resubmission stopped past its time limit are each resubmitted (restart-times) an
 runs tables, and every published run file, equal a local `snakemake --cores all` run's.
 
 Skipped, with the reason, where SLURM cannot be started here (not root, no apt, daemons that do not come up), unless
-BNFLOW_CLUSTER_REQUIRED is set (.ci/run sets it: CI must run it, not skip it).
+BNFLOW_CLUSTER_REQUIRED is set (then it fails: for a machine that must run it; .ci/run leaves it unset).
 """
 
 from __future__ import annotations
