@@ -24,6 +24,15 @@ SCRIPT = ROOT / "benchmarks" / "bench_train.py"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
+def bench_module(name: str):
+    """A benchmark script imported as a module (benchmarks/ is not a package: its folder joins sys.path meanwhile)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
 @pytest.fixture(scope="module")
 def bench():
     """The script imported as the module bench_train (benchmarks/ is not a package; spawned children import it too)."""
@@ -96,11 +105,7 @@ def test_smoke_preset_measures_every_kind_and_records(tmp_path):
 
 
 def test_grid_estimate_hand_computed():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        packed = importlib.import_module("bench_packed")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    packed = bench_module("bench_packed")
     grid = {"cells": ["a", "b", "c", "n"], "noisy_cells": ["n"], "seeds": 2, "steps": 100}
     rows = [{"kind": "bnflow_single", "label": "single", "steps_per_s": 1e6, "cuda_graphs": True},
             {"kind": "packed", "label": "eager", "steps_per_s": 10.0, "cuda_graphs": False, "precision": "fp32"},
@@ -253,11 +258,7 @@ def test_gpu_rows_name_the_gpu_and_graphs_beat_eager(tmp_path):
 # ------------------------------------------------------------------------- bf16 check (benchmarks/bf16_check.py)
 @pytest.fixture(scope="module")
 def bf16():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        yield importlib.import_module("bf16_check")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    yield bench_module("bf16_check")
 
 
 def _claims():
@@ -338,11 +339,7 @@ def test_bf16_check_runs_end_to_end_on_a_tiny_cpu_grid(tmp_path):
 
 
 def test_cpu_projections_hand_computed():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        cpu = importlib.import_module("bench_cpu")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    cpu = bench_module("bench_cpu")
     # every variant 0.1 s/step with probes and a 2 s evaluation; 2 seeds x 100 steps, evaluations at 0, 50, 100
     rates = {v: 0.1 for v, _ in cpu.CORE_GRID}
     evals = {v: 2.0 for v, _ in cpu.CORE_GRID}
@@ -361,11 +358,7 @@ def test_cpu_projections_hand_computed():
 
 
 def test_grid_extrapolation_reads_the_paper_scale_grid():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        packed = importlib.import_module("bench_packed")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    packed = bench_module("bench_packed")
     grid = packed.grid_cells(ROOT / "params.yaml")  # params.yaml's grid holds no paper-scale VGG cell
     assert len(grid["cells"]) == 11 and all(c.startswith("vgg-") for c in grid["cells"])
     assert grid["seeds"] == 5 and grid["steps"] == 15000
