@@ -72,7 +72,7 @@ def test_vgg_and_dln_learn(tmp_path, dataset):
     assert list(pd.read_csv(run_dir / "metrics.csv").columns) == VALUE_COLUMNS  # no wall_s, no penalty (wd = 0)
     timing = json.loads((Path(p.out_dir) / "logs" / "train" / "vgg-bn-lr0.1.timing.json").read_text())
     assert set(timing) == {"s0"} and timing["s0"]["wall_s"] > 0 and timing["s0"]["resumed_from_step"] is None
-    assert set(timing["s0"]) == {"wall_s", "steps_per_s", "resumed_from_step", "command", "commit"}
+    assert set(timing["s0"]) == {"wall_s", "steps_per_s", "resumed_from_step", "command", "commit", "torch_threads"}
     ckpts = sorted(p.name for p in (tmp_path / "ckpt" / "vgg-bn-lr0.1" / "s0").iterdir())
     assert ckpts == ["manifest.json", "step000000.pt", "step000060.pt"]
     manifest = json.loads((tmp_path / "ckpt" / "vgg-bn-lr0.1" / "s0" / "manifest.json").read_text())
