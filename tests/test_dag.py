@@ -104,7 +104,7 @@ def test_dvc_stages_read_exactly_the_params_the_snakemake_stamps_record():
         model = p.cell(key).model if step in ("train", "probe") else key
         assert keys == set(param_keys(step, model=model)), name
     stages = dvc_stages()
-    assert stages["train@vgg_cpu-bn-lr0.1"][3] == {"train.seeds.base", "train.seeds.n.vgg_cpu", "train.norm",
+    assert stages["train@vgg_cpu-standard-lr0.1"][3] == {"train.seeds.base", "train.seeds.n.vgg_cpu", "train.norm",
                                                    "train.noise", "train.vgg_cpu", "train.probes", "train.plugins",
                                                    "train.numerics"}
     # one family's seed count is its own: adding DLN seeds re-runs no VGG stage, and no DLN stage reads the VGG's
