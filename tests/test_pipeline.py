@@ -103,7 +103,8 @@ def test_quick_dag_runs_end_to_end_with_snakemake(tmp_path):
     out = ws / "results" / "quick"
     assert {p.name for p in (out / "figures").iterdir()} >= {"fig01_accuracy.png", "fig01_accuracy.svg"}
     report = (out / "REPORT.md").read_text()
-    assert "](figures/fig01_accuracy.png)" in report and "**C1**" in report  # figures and claim sentences
+    assert "](figures/fig01_accuracy.png)" in report, report[:3000]  # the figures
+    assert "| C1 | paper |" in report and "\n##### C1\n" in report  # the verdict table and the claims' sentences
     assert (out / "stats" / "claims.md").read_text().startswith("# Claims")
     assert len(pd.read_csv(out / "stats" / "runs.csv")) == 8
     assert (out / "probes" / "vgg-bn-lr0.1" / "s1" / "landscape.csv").exists()
