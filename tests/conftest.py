@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from bnflow.config import Params, from_dict, merge, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+# CI=true makes every bnflow step quiet (warnings and errors only, bnflow.cli.quiet_requested), and many tests read
+# the steps' INFO lines ("waiting for ...", "resuming at step ..."): under a CI that sets it, those tests failed or
+# waited for a line that never came. The tests run the steps as a user's terminal would; the tests of the quiet
+# mode set CI themselves (test_train.py).
+os.environ.pop("CI", None)
 
 
 def pytest_collection_modifyitems(config, items):

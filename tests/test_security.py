@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -147,10 +148,15 @@ def test_a_step_waits_for_the_other_tools_run_and_replaces_its_fresh_outputs(tmp
     out = tmp_path / "stats"
     with step_lock(out / "claims.csv", []):  # the other tool's run of the step, holding the lock
         proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 1800  # a bound against a hang only: the step starts in seconds, minutes under load
+        # a bound against a hang only (the step starts in seconds, minutes under load); select, so that a step that
+        # waits silently fails the test instead of blocking readline for ever
+        deadline = time.time() + 1800
         line = ""
         while time.time() < deadline and proc.poll() is None and "waiting" not in line:
-            line = proc.stderr.readline()
+            if select.select([proc.stderr], [], [], 5.0)[0]:
+                line = proc.stderr.readline()
+        if proc.poll() is None and "waiting" not in line:
+            proc.kill()
         assert proc.poll() is None and "another run of this step" in line, "the step did not wait for the lock"
         out.mkdir()
         for name in STATS_FILES:  # what the other run publishes before it releases the lock
