@@ -351,22 +351,41 @@ def test_a_plugin_that_parses_the_command_line_at_import_sees_none_of_bnflows(tm
 
 # ------------------------------------------------------------- issue 26: values that would silently change results
 @pytest.mark.parametrize("key, value, words", [
-    ("summarize.auc_steps", 100_000, "exceeds every classifier's step budget (the longest: train.vgg.steps = 15000)"),
-    ("summarize.smooth_window", 100_000, "exceeds what any run logs (the most: 1501"),
-    ("summarize.final_window", 1502, "exceeds what any run logs (the most: 1501"),
+    # committed grid: DLN and reduced-scale VGG cells (vgg_cpu: 5000 steps logged every 10, 501 points)
+    ("summarize.auc_steps", 5001, "exceeds train.vgg_cpu.steps = 5000, the step budget of the grid's vgg_cpu cells"),
+    ("summarize.auc_steps", 100_000, "exceeds train.vgg_cpu.steps = 5000"),
+    ("summarize.smooth_window", 502, "exceeds the 501 that each of the grid's vgg_cpu cells"),
+    ("summarize.final_window", 502, "exceeds the 501 that each of the grid's vgg_cpu cells"),
     ("prepare.synthetic.n_train", 10**12, "1,000,000,000,000 images exceeds 200,000"),
     ("prepare.synthetic.n_test", 200_001, "200,001 images exceeds 200,000"),
 ])
-def test_windows_beyond_every_run_and_huge_synthetic_sets_are_refused_at_load(key, value, words):
+def test_windows_beyond_a_run_of_the_grid_and_huge_synthetic_sets_are_refused_at_load(key, value, words):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     section, *rest = key.split(".")
     node = raw[section]
     for part in rest[:-1]:
         node = node[part]
-    limit = {"summarize.auc_steps": 15000, "summarize.smooth_window": 1501, "summarize.final_window": 1501,
+    limit = {"summarize.auc_steps": 5000, "summarize.smooth_window": 501, "summarize.final_window": 501,
              "prepare.synthetic.n_train": 200_000, "prepare.synthetic.n_test": 200_000}[key]
-    node[rest[-1]] = limit  # the paper's VGG: 15000 steps logged every 10 (1501 points); the largest allowed set
+    node[rest[-1]] = limit  # the reduced-scale VGG's whole run; the largest allowed set
     from_dict(raw, check_files=False)
     node[rest[-1]] = value
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .*{re.escape(words)}"):
+        from_dict(raw, check_files=False)
+
+
+def test_a_window_is_checked_against_each_family_of_the_grid_not_only_the_longest():
+    """auc_steps 6000 fits the paper-scale VGG (15,000 steps) but would cover the reduced-scale runs (5,000) whole."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["summarize"]["auc_steps"] = 6000
+    with pytest.raises(ConfigError, match=r"^summarize\.auc_steps: 6000 exceeds train\.vgg_cpu\.steps = 5000"):
+        from_dict(raw, check_files=False)
+    raw["train"]["grid"] = {k: c for k, c in raw["train"]["grid"].items() if c["model"] != "vgg_cpu"}
+    raw["train"]["grid"]["vgg-bn-lr0.1"] = {"model": "vgg", "variant": "bn", "lr": 0.1}
+    assert from_dict(raw, check_files=False).summarize.auc_steps == 6000  # no vgg_cpu run to cut
+    raw["summarize"]["auc_steps"] = 15001  # beyond every classifier, whatever the grid
+    with pytest.raises(ConfigError, match=r"exceeds train\.vgg\.steps = 15000"):
+        from_dict(raw, check_files=False)
+    raw["train"]["grid"] = {k: c for k, c in raw["train"]["grid"].items() if c["model"] == "dln"}
+    with pytest.raises(ConfigError, match=r"exceeds every classifier's step budget \(the longest: train\.vgg\.steps"):
         from_dict(raw, check_files=False)

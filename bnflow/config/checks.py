@@ -84,11 +84,11 @@ SYNTHETIC_MAX_IMAGES = 200_000
 def _check_windows(p: Params) -> None:
     """Windows and step counts that change results must fit the runs they summarize (issue 26).
 
-    summarize.auc_steps beyond a classifier's step budget was cut to the budget, and a smoothing or final window
-    longer than a run's logged points was shortened to them: both silently, so `auc_steps: 100000` changed nothing it
-    seemed to. Refused here: a value beyond the budget of every model family train.<model> configures (it would mean
-    "the whole run" for all of them). A value between two families' budgets still covers the shorter runs whole
-    (shrunk test and quick configurations rely on it).
+    summarize.auc_steps beyond a run's step budget was cut to the budget, and a smoothing or final window longer
+    than a run's logged points was shortened to them: both silently, so `auc_steps: 100000` changed nothing it seemed
+    to, and `auc_steps: 6000` meant 6,000 steps for the paper-scale VGG but the whole 5,000 for the reduced-scale
+    one. Refused here: a value beyond the budget of any model family with cells in train.grid (the runs that will be
+    summarized), and, whatever the grid, a value beyond the budget of every family train.<model> configures.
     """
     for key in ("n_train", "n_test"):
         n = getattr(p.prepare.synthetic, key)
@@ -98,6 +98,28 @@ def _check_windows(p: Params) -> None:
     s = p.summarize
     steps = {m: p.train.model_config(m).steps for m in MODELS}
     logged = {m: steps[m] // p.train.model_config(m).log_every + 1 for m in MODELS}  # steps 0, log_every, ...
+    cells: dict[str, list[str]] = {}
+    for key, cell in p.train.grid.items():
+        cells.setdefault(cell.model, []).append(key)
+
+    def named(model: str) -> str:
+        keys = cells[model]
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    # the runs of the grid: each family's own budget
+    for model in sorted(cells, key=lambda m: (steps[m], m)):
+        if model in CLASSIFIERS and s.auc_steps > steps[model]:
+            raise ConfigError(f"summarize.auc_steps: {s.auc_steps} exceeds train.{model}.steps = {steps[model]}, the "
+                              f"step budget of the grid's {model} cells ({named(model)}); their train_acc_auc would "
+                              f"silently cover whole runs: lower it to at most {steps[model]}")
+    for key, n, families in (("smooth_window", s.smooth_window, CLASSIFIERS), ("final_window", s.final_window, MODELS)):
+        for model in sorted(cells, key=lambda m: (logged[m], m)):
+            if model in families and n > logged[model]:
+                raise ConfigError(f"summarize.{key}: {n} logged points exceeds the {logged[model]} that each of the "
+                                  f"grid's {model} cells ({named(model)}) logs (train.{model}.steps = {steps[model]} "
+                                  f"logged every train.{model}.log_every); it would silently be cut to the run's "
+                                  "length: lower it")
+    # whatever the grid: beyond every family's budget is never meaningful
     longest = max(CLASSIFIERS, key=lambda m: steps[m])
     if s.auc_steps > steps[longest]:
         raise ConfigError(f"summarize.auc_steps: {s.auc_steps} exceeds every classifier's step budget (the longest: "
