@@ -95,7 +95,7 @@ def git_ignored(root: Path, paths: Iterable[str]) -> set[str]:
 
 
 def dvc_status(root: Path) -> dict[str, list]:
-    proc = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc status failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout or "{}")
