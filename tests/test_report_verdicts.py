@@ -61,3 +61,29 @@ def test_the_figures_step_reads_claims_csv_beside_claims_md(tmp_path):
         ["C3e", "paper", "not_run_yet"], ["C3e_cpu", "reduced (vgg_cpu)", "not_run_yet"],
         ["C12_dln", "DLN", "supported"]]
     assert _verdicts(params, tmp_path / "absent.csv") is None
+
+
+def test_the_grid_section_lists_the_claimed_cells_the_grid_does_not_hold():
+    """Issue 23: cells not run at the reduced scale (and the GPU's paper-scale cells) are listed in REPORT.md."""
+    from bnflow.config import from_dict, read_yaml
+    from bnflow.figures.render import _claim_cells
+    from bnflow.figures.report import unlisted_cells
+    from conftest import ROOT
+
+    claimed = [("vgg_cpu", "vgg_cpu-bn-lr0.1"), ("vgg_cpu", "vgg_cpu-l1-lr0.1"), ("vgg", "vgg-bn-lr0.5"),
+               ("vgg_cpu", "vgg_cpu-l1-lr0.1"), ("vgg_cpu", "vgg_cpu-bn-lr0.01"), ("dln", "dln-bn-lr1e-06")]
+    unlisted = unlisted_cells(claimed, ["vgg_cpu-bn-lr0.1", "dln-bn-lr1e-06"])
+    assert unlisted == {"vgg": ["vgg-bn-lr0.5"], "vgg_cpu": ["vgg_cpu-bn-lr0.01", "vgg_cpu-l1-lr0.1"]}
+    grid = pd.DataFrame({"cell": ["vgg_cpu-bn-lr0.1"], "model": ["vgg_cpu"], "variant": ["bn"], "lr": [0.1],
+                         "present": [True], "seeds": ["0 1"]})
+    md = report_markdown([], header="h", claims_md=None, grid=grid, unlisted=unlisted)
+    assert ("- reduced-scale VGG, not run at the reduced scale (results/README.md: this machine's budget; add a cell "
+            "to train.grid to run it): vgg_cpu-bn-lr0.01, vgg_cpu-l1-lr0.1.") in md
+    assert "- paper-scale VGG, which needs a GPU (workflow/paper-vgg.yaml lists its cells): vgg-bn-lr0.5." in md
+    assert md.index("| vgg_cpu-bn-lr0.1 |") < md.index("- reduced-scale VGG") < md.index("## Figures")
+    assert "does not hold" not in report_markdown([], header="h", claims_md=None, grid=grid, unlisted={})
+    # the committed registry: each arm's cell named as the grid names it (a reference such as "chance" is no cell)
+    p = from_dict(read_yaml(ROOT / "params.yaml"), check_files=False)
+    cells = {cell for _, cell in _claim_cells(p)}
+    assert {"vgg_cpu-bn-lr0.1", "dln-bn-lr1e-06", "dln-bn-lr1e-07", "vgg_cpu-noisy_standard-lr0.1"} <= cells
+    assert not any(c.endswith(("-chance-lr0.1", "-2/lr-lr0.1")) for c in cells)

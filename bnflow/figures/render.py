@@ -13,15 +13,17 @@ import pandas as pd
 
 from bnflow.config import Params
 from bnflow.errors import DataError
+from bnflow.vocab import REFERENCE_ARMS
 from bnflow.figures import curvature, style, thresholds
 from bnflow.figures.common import Skip
 from bnflow.figures.data import FigureData, load_figure_data
 from bnflow.figures.plots import BAND_TEXT
 from bnflow.figures.registry import FIGURES, FigureSpec  # noqa: F401 - FigureSpec re-exported
-from bnflow.figures.report import Entry, report_markdown, report_rst, verdict_table
+from bnflow.figures.report import Entry, report_markdown, report_rst, unlisted_cells, verdict_table
 from bnflow.figures.select import waiting_note
 from bnflow.io import check_absent, publish_dir, write_text
 from bnflow.plotdata import publish_plot_data
+from bnflow.stats.registry import cell_of
 
 log = logging.getLogger("bnflow.figures")
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +62,12 @@ def _seed_counts(params: Params, data: FigureData) -> str:
     if len(set(counts.values())) <= 1:
         return str(next(iter(counts.values()), 0))
     return ", ".join(f"{n} ({m})" for m, n in counts.items())
+
+
+def _claim_cells(params: Params) -> list[tuple[str, str]]:
+    """(model family, cell id) of each arm of each registered claim that names a variant (not a reference)."""
+    return [(c.model, cell_of(c, arm)) for c in params.claims for arm in (c.arm_a, c.arm_b)
+            if arm not in REFERENCE_ARMS]
 
 
 def _header(params: Params, data: FigureData) -> str:
@@ -103,7 +111,8 @@ def render_figures(params: Params, runs_root: Path, out_dir: Path, *, probes_roo
     tables = [t for t in (curvature.summary_table(data), thresholds.thresholds_table(data)) if t is not None]
     prefix = "" if report is None else Path(os.path.relpath(out_dir, report.parent)).as_posix() + "/"
     text = report_markdown(entries, header=_header(params, data), claims_md=claims_md, tables=tables,
-                           link_prefix=prefix, grid=data.grid, verdicts=verdicts)
+                           link_prefix=prefix, grid=data.grid, verdicts=verdicts,
+                           unlisted=unlisted_cells(_claim_cells(params), list(data.grid.cell)))
     if report is None:
         write_text(tmp_dir / "REPORT.md", text)
     written = [out_dir / p.name for p in sorted(tmp_dir.iterdir())]

@@ -80,6 +80,38 @@ def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
                          "seeds": [s if p else "" for s, p in zip(grid.seeds, grid.present.astype(bool), strict=True)]})
 
 
+UNLISTED = {
+    "vgg": "paper-scale VGG, which needs a GPU (workflow/paper-vgg.yaml lists its cells)",
+    "vgg_cpu": "reduced-scale VGG, not run at the reduced scale (results/README.md: this machine's budget; add a "
+               "cell to train.grid to run it)",
+}
+"""How the Grid section names the cells of a model family that the claims need and the grid does not hold."""
+
+
+def unlisted_cells(claim_cells: Sequence[tuple[str, str]], grid_cells: Sequence[str]) -> dict[str, list[str]]:
+    """Cells the registered claims compare that are not in the grid, by model family (their claims: not_run_yet).
+
+    Args:
+        claim_cells: (model family, cell id) of every arm of every claim that is a variant, not a reference.
+        grid_cells: the grid's cell ids.
+    """
+    out: dict[str, list[str]] = {}
+    for model, cell in claim_cells:
+        if cell not in grid_cells and cell not in out.get(model, []):
+            out.setdefault(model, []).append(cell)
+    return {m: sorted(cells, key=natural_key) for m, cells in sorted(out.items())}
+
+
+def unlisted_text(unlisted: dict[str, list[str]]) -> list[str]:
+    """The Grid section's lines for unlisted_cells: one bullet per model family."""
+    if not unlisted:
+        return []
+    lines = ["Cells the registered claims compare that this grid does not hold (their claims read `not_run_yet`):", ""]
+    for model, cells in unlisted.items():
+        lines.append(f"- {UNLISTED.get(model, model)}: {', '.join(cells)}.")
+    return lines + [""]
+
+
 SCALES = {"vgg": "paper", "vgg_cpu": "reduced (vgg_cpu)", "dln": "DLN", "resnet": "ResNet (beyond the paper)"}
 """How the verdict table names a claim's scale, by its model family (PROTOCOL §10: vgg_cpu is the reduced scale)."""
 UNCONFIRMED = {"exploratory": "exploratory", "exploratory_cpu": "exploratory", "post_hoc": "post hoc"}
@@ -120,7 +152,7 @@ VERDICT_NOTE = (
 
 def report_markdown(entries: Sequence[Entry], *, header: str, claims_md: str | None,
                     tables: Sequence[Table] = (), link_prefix: str = "", grid: pd.DataFrame | None = None,
-                    verdicts: pd.DataFrame | None = None) -> str:
+                    verdicts: pd.DataFrame | None = None, unlisted: dict[str, list[str]] | None = None) -> str:
     """The figures' report: the grid's present and absent cells, every drawn figure (relative links to PNG and SVG)
     with its caption, the tables, what is not drawn or waits for cells, then the claims.
 
@@ -132,6 +164,7 @@ def report_markdown(entries: Sequence[Entry], *, header: str, claims_md: str | N
         link_prefix: the figures folder relative to the report (e.g. "figures/"; "" when they sit together).
         grid: the grid's cells (select.GRID_COLUMNS), or None to leave the grid section out.
         verdicts: verdict_table's rows, printed first (before the figures), or None to leave them out.
+        unlisted: unlisted_cells, listed in the grid section after its table; None or empty: nothing.
     """
     drawn = [e for e in entries if e.caption is not None]
     skipped = [e for e in entries if e.skipped is not None]
@@ -154,7 +187,7 @@ def report_markdown(entries: Sequence[Entry], *, header: str, claims_md: str | N
                 f"{n_present} of {len(grid)} grid cells present (a cell is present when its runs folder exists); "
                 f"{len(grid) - n_present} not run yet. Figures and tables draw the present cells; a figure that "
                 "would draw an absent cell names it in its caption and under 'Figures waiting for cells not run "
-                "yet'.", "", *markdown_table(grid_table(grid))]
+                "yet'.", "", *markdown_table(grid_table(grid)), "", *unlisted_text(unlisted or {})]
     out += ["", "## Figures", ""]
     for e in drawn:
         out += [f'<a id="{e.name}"></a>', "", f"### {e.paper}: {e.title}", "",
