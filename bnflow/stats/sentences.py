@@ -237,8 +237,21 @@ def claim_sentence(row: pd.Series, extra: dict) -> str:
     if is_na(row["estimate"]):
         return _why(row, extra)
     parts = [f"{_effect(row, extra)} at lr {format_number(row['lr'])}; {_threshold(row, extra)}.",
-             f"Primary test: {_TESTS.get(row['test'], row['test'])}.", _why(row, extra), _robustness(row, extra)]
+             f"Primary test: {_TESTS.get(row['test'], row['test'])}.", _why(row, extra), _all_censored(row, extra),
+             _robustness(row, extra)]
     return " ".join(p for p in parts if p)
+
+
+def _all_censored(row: pd.Series, extra: dict) -> str:
+    """A time-to-threshold claim whose every run, in both arms, is censored: the rule's verdict, and what it is not."""
+    if "restriction_steps" not in extra or is_na(row["n_a"]) or is_na(row["n_b"]):
+        return ""
+    if extra["n_censored_a"] < int(row["n_a"]) or extra["n_censored_b"] < int(row["n_b"]):
+        return ""
+    return (f"Every run of both arms is censored: none reached the threshold within "
+            f"{int(extra['restriction_steps'])} steps, so the ratio is 1 by construction and measures the step "
+            "budget, not the arms. The verdict is what the registered rule gives; it is no evidence that the "
+            "effect is absent (flag censoring>50%).")
 
 
 def claim_lines(row: pd.Series, extra: dict) -> list[str]:
