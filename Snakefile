@@ -32,9 +32,9 @@ except BnflowError as e:  # a config mistake is the user's to fix: the message, 
     sys.exit(1)
 for line in messages(W):
     sys.stderr.write(line + "\n")
-# Snakemake deletes a job's outputs before running it, so outputs a job's step finds were written since by another
-# run of that step (dvc repro): the step replaces them on success instead of refusing them, after which Snakemake
-# would delete them as a failed job's (bnflow.cli.RUNNER_ENV; the jobs inherit this environment).
+# A job's step replaces the outputs it finds on success instead of refusing them: Snakemake decided the job must
+# run, and keeps its previous outputs (update() in workflow/rules) until it succeeds, restoring them if it fails
+# (bnflow.cli.RUNNER_ENV; the jobs inherit this environment). A step run by hand still refuses existing outputs.
 os.environ["BNFLOW_RUNNER"] = "snakemake"
 
 P, OUT = W.params, W.out

@@ -275,7 +275,8 @@ def _expand_dvc_stage(argv: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------ one lock for both tools
 RUNNER_ENV = "BNFLOW_RUNNER"
-"""Set to "snakemake" by the Snakefile for its jobs: Snakemake removed their outputs before starting them."""
+"""Set to "snakemake" by the Snakefile for its jobs: Snakemake decided they must run, and keeps their previous
+outputs (update() flags) until they succeed."""
 
 
 def step_outputs(a: argparse.Namespace) -> list[Path]:
@@ -307,11 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait = lambda: log.info("%s: another run of this step (Snakemake or dvc repro) is writing it; waiting for "  # noqa: E731
                                 "it to finish", outputs[0])
         with step_lock(outputs[0], outputs, on_wait=wait) as written_meanwhile:
-            # Snakemake deletes a job's outputs before it runs: any this step finds are another run's, written since
-            removed_for_us = os.environ.get(RUNNER_ENV) == "snakemake" and any(os.path.lexists(p) for p in outputs)
-            if (written_meanwhile or removed_for_us) and not args.force:
+            if written_meanwhile and not args.force:
                 log.info("%s: written by another run (dvc repro or Snakemake) since this one started; this run "
                          "replaces it on success", outputs[0])
+                args.force = True
+            # Snakemake decided this job must run (as DVC does before passing --force) and keeps its previous outputs
+            # until the job succeeds (update() in workflow/rules): the step replaces them once its new ones are
+            # complete, and Snakemake restores them if it fails
+            if os.environ.get(RUNNER_ENV) == "snakemake":
                 args.force = True
             _setup_threads(args.step)
             STEPS[args.step][2](params, args)

@@ -167,19 +167,57 @@ def test_a_step_waits_for_the_other_tools_run_and_replaces_its_fresh_outputs(tmp
     assert (out / "claims.csv").read_text().startswith("claim_id")
 
 
-def test_a_snakemake_job_replaces_outputs_another_run_wrote_after_snakemake_removed_them(tmp_path, monkeypatch):
-    """Snakemake removes a job's outputs, then starts its command: the other tool's run may publish in between."""
+def test_a_snakemake_job_replaces_the_outputs_snakemake_kept_for_it(tmp_path, monkeypatch):
+    """Snakemake keeps a job's previous outputs until it succeeds (update() flags): the job's step replaces them."""
     monkeypatch.setenv("BNFLOW_OUTPUT_LOCK_DIR", str(tmp_path / "locks"))
     out = tmp_path / "stats"
     out.mkdir()
     for name in STATS_FILES:
-        (out / name).write_text("the other run's results\n")
+        (out / name).write_text("the previous results\n")
     env = {**os.environ, "BNFLOW_RUNNER": "snakemake"}  # what the Snakefile sets for its jobs
     proc = subprocess.run([PY, "-m", "bnflow", *stats_command(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True)
-    assert proc.returncode == 0 and "since this one started" in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "already holds completed results" not in proc.stderr and "since this one started" not in proc.stderr
     assert (out / "claims.csv").read_text().startswith("claim_id")
     assert 'os.environ["BNFLOW_RUNNER"] = "snakemake"' in (ROOT / "Snakefile").read_text()
+
+
+def test_every_snakemake_output_is_kept_until_its_job_succeeds():
+    """Without update(), Snakemake deletes a job's outputs before it starts and again when it fails: a failed step
+    (a crash, a full disk) would lose committed results. Each rule's every output is update()-flagged."""
+    import re
+
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for rule in re.split(r"^rule ", text, flags=re.M)[1:]:
+            block = re.search(r"^    output:\n(.*?)^    \w+:", rule, flags=re.M | re.S)
+            if block is None:
+                continue
+            lines = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+            outputs = [line for line in lines if "{OUT}" in line]
+            assert outputs and all("update(" in line for line in outputs), (smk.name, rule.split(":")[0], outputs)
+
+
+@pytest.mark.slow
+def test_a_failed_snakemake_job_leaves_the_committed_results_as_they_were(tmp_path):
+    """The attack of issue 24 under Snakemake: a step that fails after Snakemake started its job."""
+    from test_pipeline import workspace
+
+    ws = workspace(tmp_path / "ws")
+    stats = ws / "results" / "stats"
+    stats.mkdir(parents=True)
+    for name in ("runs.csv", "claims.csv", "claims.json", "claims.md", "claims_metrics.json"):
+        shutil.copy(ROOT / "results" / "stats" / name, stats / name)
+    before = {n: (stats / n).read_bytes() for n in STATS_FILES}
+    time.sleep(1.1)
+    (stats / "runs.csv").write_text("not,a,runs,table\n1,2,3,4\n")  # newer than the claims: stats must re-run
+    proc = run([PY, "-m", "snakemake", "--cores", "1", "--allowed-rules", "stats", "--", "results/stats/claims.csv"],
+               ws)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "Restored previous version" in proc.stderr, proc.stderr[-3000:]
+    assert {n: (stats / n).read_bytes() for n in STATS_FILES} == before
+    assert not (ws / ".snakemake" / "backups" / "results" / "stats" / "claims.csv").exists()
 
 
 def test_a_manual_run_still_refuses_outputs_that_were_there_before_it(tmp_path, monkeypatch, capsys):

@@ -8,15 +8,15 @@ rule figures:
     output:
         # In `snakemake --report`: every figure PNG, captioned from workflow/report/figures.rst (generated from
         # bnflow.figures.render.FIGURES); the SVGs sit beside them. REPORT.md (figures + claims) renders on a code host.
-        figures=report(
-            directory(f"{OUT}/figures"),
+        figures=report(  # update: as in train.smk
+            update(directory(f"{OUT}/figures")),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
             labels={"figure": "{name}"},
         ),
-        report=f"{OUT}/REPORT.md",
-        plots=directory(f"{OUT}/plots"),
+        report=update(f"{OUT}/REPORT.md"),
+        plots=update(directory(f"{OUT}/plots")),
     log:
         f"{OUT}/logs/figures.log",
     params:

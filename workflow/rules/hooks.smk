@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
 from bnflow.dag import stamp_dir
 from bnflow.describe import run_description
@@ -51,6 +52,14 @@ onstart:
         if line is not None:
             sys.stderr.write(f"bnflow: no job started: {line}\n")
             sys.exit(1)
+    # Every output is update()-flagged (the rules): Snakemake copies it to .snakemake/backups/ before its job and
+    # restores it if the job fails, instead of deleting it first. A Snakemake run killed during a job leaves that copy
+    # behind, and the next run's copy then fails ("File exists"). The workspace's output is intact (a step publishes
+    # only complete outputs), so the stale copies of the outputs this run will write are dropped; this run holds
+    # their Snakemake locks, so no other run is using them.
+    for _job in workflow.dag.needrun_jobs():
+        for _out in _job.output:
+            workflow.persistence.cleanup_backup(Path(_out))
 
 
 onsuccess:

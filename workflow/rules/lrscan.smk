@@ -3,10 +3,10 @@ rule lrscan:
         stamp=lambda w: W.stamp("lrscan", w.model),
         data=lambda w: [ancient(p) for p in W.data_inputs("lrscan", w.model)],
     output:
-        scan=f"{OUT}/lrscan/{{model}}/scan.csv",
-        thresholds=f"{OUT}/lrscan/{{model}}/thresholds.csv",
-        provenance=f"{OUT}/lrscan/{{model}}/provenance.json",
-        summary=f"{OUT}/lrscan/{{model}}/summary.json",
+        scan=update(f"{OUT}/lrscan/{{model}}/scan.csv"),  # update: as in train.smk
+        thresholds=update(f"{OUT}/lrscan/{{model}}/thresholds.csv"),
+        provenance=update(f"{OUT}/lrscan/{{model}}/provenance.json"),
+        summary=update(f"{OUT}/lrscan/{{model}}/summary.json"),
     log:
         f"{OUT}/logs/lrscan-{{model}}.log",
     params:

@@ -2,7 +2,7 @@ rule prepare:
     input:
         stamp=lambda w: W.stamp("prepare", w.model),
     output:
-        f"{OUT}/data/{{model}}.npz",
+        update(f"{OUT}/data/{{model}}.npz"),  # update: as in train.smk
     log:
         f"{OUT}/logs/prepare-{{model}}.log",
     shell:

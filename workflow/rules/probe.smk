@@ -6,8 +6,8 @@ rule probe:
         # whose checkpoints sit in the DVC remote never re-trains to probe (the probe step names `dvc pull`)
         runs=f"{OUT}/runs/{{cell}}",
     output:
-        probes=directory(f"{OUT}/probes/{{cell}}"),
-        full=directory(f"{OUT}/probes_full/{{cell}}"),
+        probes=update(directory(f"{OUT}/probes/{{cell}}")),  # update: as in train.smk
+        full=update(directory(f"{OUT}/probes_full/{{cell}}")),
     log:
         f"{OUT}/logs/probe/{{cell}}.log",
     params:

@@ -4,7 +4,7 @@ rule summarize:
         runs=expand(f"{OUT}/runs/{{cell}}", cell=W.read),
         probes=expand(f"{OUT}/probes/{{cell}}", cell=W.read),
     output:
-        f"{OUT}/stats/runs.csv",
+        update(f"{OUT}/stats/runs.csv"),  # update: as in train.smk
     log:
         f"{OUT}/logs/summarize.log",
     params:
@@ -20,10 +20,10 @@ rule stats:
         stamp=W.stamp("stats"),
         runs=f"{OUT}/stats/runs.csv",
     output:
-        csv=f"{OUT}/stats/claims.csv",
-        json=f"{OUT}/stats/claims.json",
-        md=f"{OUT}/stats/claims.md",
-        metrics=f"{OUT}/stats/claims_metrics.json",  # the compact numbers `dvc metrics diff` reads
+        csv=update(f"{OUT}/stats/claims.csv"),  # update: as in train.smk
+        json=update(f"{OUT}/stats/claims.json"),
+        md=update(f"{OUT}/stats/claims.md"),
+        metrics=update(f"{OUT}/stats/claims_metrics.json"),  # the compact numbers `dvc metrics diff` reads
     log:
         f"{OUT}/logs/stats.log",
     params:

@@ -5,8 +5,10 @@ rule train:
         # through its stamp; declared only when the job runs (bnflow/dag/planning.py, Plan.data_inputs)
         data=lambda w: [ancient(p) for p in W.data_inputs("train", w.cell)],
     output:
-        runs=directory(f"{OUT}/runs/{{cell}}"),
-        checkpoints=directory(f"{OUT}/checkpoints/{{cell}}"),
+        # update: Snakemake keeps the previous outputs until the job succeeds, and restores them if it fails
+        # (workflow/rules/hooks.smk); without it Snakemake deletes them before the job starts
+        runs=update(directory(f"{OUT}/runs/{{cell}}")),
+        checkpoints=update(directory(f"{OUT}/checkpoints/{{cell}}")),
     params:
         data=lambda w: W.data(w.cell),
     log:
