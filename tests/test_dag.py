@@ -29,7 +29,8 @@ def snakemake_jobs(*extra: str, cwd: Path = ROOT) -> set[tuple[str, tuple[str, .
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
             rule, outputs = m.group(1), frozenset()
         elif m := re.match(r"^\s+output: (.*)$", line):
-            outputs = frozenset(o.strip() for o in m.group(1).split(","))
+            # Snakemake marks update()-flagged outputs (all of them: workflow/rules) with " (update)"
+            outputs = frozenset(o.strip().removesuffix(" (update)") for o in m.group(1).split(","))
         elif line.startswith("Shell command: ") and line != "Shell command: None":  # `rule all` runs nothing
             jobs.add((rule, tuple(shlex.split(line.removeprefix("Shell command: "))), outputs))
     return jobs
@@ -76,7 +77,7 @@ def test_the_plan_knows_the_inputs_each_rule_declares(tmp_path):
         if m := re.match(r"^\s+input: (.*)$", line):
             ins = {i.strip() for i in m.group(1).split(",")} - {""}
         elif m := re.match(r"^\s+output: (.*)$", line):
-            declared[m.group(1).split(",")[0].strip()] = {i for i in ins if "/bnflow-params/" not in i
+            declared[m.group(1).split(",")[0].strip().removesuffix(" (update)")] = {i for i in ins if "/bnflow-params/" not in i
                                                            and "/data/" not in i}
             ins = set()
     jobs = plan({}, root=ROOT).jobs.values()

@@ -23,7 +23,7 @@ from bnflow.probes.checkpoint import probe_cell
 from bnflow.tasks import build_model, make_task, run_fingerprint
 from bnflow.train.cell import train_cell
 from bnflow.vocab import PAPER_VARIANTS
-from conftest import ROOT, data_for
+from conftest import ROOT, data_for, fit_windows
 
 torch.set_num_threads(1)
 NEW_VARIANTS = ("group_norm", "layer_norm", "weight_norm", "batch_norm_no_affine")
@@ -105,7 +105,7 @@ def extended_raw(tmp_path: Path, **train) -> dict:
     raw["train"]["grid"]["resnet-rms-lr0.1"] = {"model": "resnet", "variant": "rms", "lr": 0.1}
     raw["train"] = merge(raw["train"], train)
     raw["probe"]["curvature"]["enabled"] = False  # switched on where a test needs it
-    return raw
+    return fit_windows(raw)
 
 
 def sha256_of(model: torch.nn.Module) -> str:
@@ -414,6 +414,10 @@ def test_extended_quick_runs_end_to_end_through_the_cli(tmp_path):
                         "resnet": {"steps": 20, "eval_every": 10, "checkpoint_steps": [0, 20]},
                         "probes": {"vgg": {"every": 10}, "resnet": {"every": 10}}, "plugins": PLUGINS},
               "probe": {"curvature": {"eig_iters": 5}}}
+    merged = {}
+    for path in EXTENDED:
+        merged = merge(merged, read_yaml(path))
+    shrink["summarize"] = fit_windows(merge(merged, shrink))["summarize"]
     overlay = tmp_path / "shrink.yaml"
     overlay.write_text(json.dumps(shrink))  # JSON is YAML
     grid = dict(load_params(*EXTENDED).train.grid) | {"resnet-rms-lr0.1": None}
