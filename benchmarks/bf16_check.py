@@ -122,6 +122,11 @@ def check_params(params_paths: Sequence[Path], cells: Sequence[str], precision: 
                 + [steps]}
     raw = merge(raw, {"out_dir": str(out_dir), "train": {"vgg": vgg, "execution": {"device": device}}})
     raw["train"]["grid"] = {c: grid[c] for c in cells}
+    if steps is not None:  # the summaries' windows within the shorter runs (the params checks refuse longer ones)
+        logged = steps // raw["train"]["vgg"]["log_every"] + 1
+        s = raw["summarize"]
+        s.update(auc_steps=min(s["auc_steps"], steps), smooth_window=min(s["smooth_window"], logged),
+                 final_window=min(s["final_window"], logged))
     return from_dict(raw)
 
 
