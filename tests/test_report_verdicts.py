@@ -77,8 +77,8 @@ def test_the_grid_section_lists_the_claimed_cells_the_grid_does_not_hold():
     grid = pd.DataFrame({"cell": ["vgg_cpu-bn-lr0.1"], "model": ["vgg_cpu"], "variant": ["bn"], "lr": [0.1],
                          "present": [True], "seeds": ["0 1"]})
     md = report_markdown([], header="h", claims_md=None, grid=grid, unlisted=unlisted)
-    assert ("- reduced-scale VGG, not run at the reduced scale (results/README.md: this machine's budget; add a cell "
-            "to train.grid to run it): vgg_cpu-bn-lr0.01, vgg_cpu-l1-lr0.1.") in md
+    assert ("- reduced-scale VGG, not run here yet (results/README.md says which run next and which are beyond this "
+            "machine's budget; add a cell to train.grid to run it): vgg_cpu-bn-lr0.01, vgg_cpu-l1-lr0.1.") in md
     assert "- paper-scale VGG, which needs a GPU (workflow/paper-vgg.yaml lists its cells): vgg-bn-lr0.5." in md
     assert md.index("| vgg_cpu-bn-lr0.1 |") < md.index("- reduced-scale VGG") < md.index("## Figures")
     assert "does not hold" not in report_markdown([], header="h", claims_md=None, grid=grid, unlisted={})

@@ -82,8 +82,8 @@ def grid_table(grid: pd.DataFrame) -> pd.DataFrame:
 
 UNLISTED = {
     "vgg": "paper-scale VGG, which needs a GPU (workflow/paper-vgg.yaml lists its cells)",
-    "vgg_cpu": "reduced-scale VGG, not run at the reduced scale (results/README.md: this machine's budget; add a "
-               "cell to train.grid to run it)",
+    "vgg_cpu": "reduced-scale VGG, not run here yet (results/README.md says which run next and which are beyond "
+               "this machine's budget; add a cell to train.grid to run it)",
 }
 """How the Grid section names the cells of a model family that the claims need and the grid does not hold."""
 
