@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bnflow.config import Cell, ClaimSpec, Params, from_dict, merge, read_yaml, to_plain  # noqa: E402
+from bnflow.config import (Cell, ClaimSpec, Params, fit_summary_windows, from_dict, merge,  # noqa: E402
+                           read_yaml, to_plain)
 from bnflow.errors import BnflowError, ConfigError  # noqa: E402
 from bnflow.io import write_json  # noqa: E402
 from bnflow.vocab import REFERENCE_ARMS  # noqa: E402
@@ -122,12 +123,8 @@ def check_params(params_paths: Sequence[Path], cells: Sequence[str], precision: 
                 + [steps]}
     raw = merge(raw, {"out_dir": str(out_dir), "train": {"vgg": vgg, "execution": {"device": device}}})
     raw["train"]["grid"] = {c: grid[c] for c in cells}
-    if steps is not None:  # the summaries' windows within the shorter runs (the params checks refuse longer ones)
-        logged = steps // raw["train"]["vgg"]["log_every"] + 1
-        s = raw["summarize"]
-        s.update(auc_steps=min(s["auc_steps"], steps), smooth_window=min(s["smooth_window"], logged),
-                 final_window=min(s["final_window"], logged))
-    return from_dict(raw)
+    # the summaries' windows within the (possibly shorter) runs: the params checks refuse longer ones
+    return from_dict(fit_summary_windows(raw))
 
 
 def run_precision(params: Params, data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnflow.config import Params, from_dict, merge, read_yaml
+from bnflow.config import Params, fit_summary_windows, from_dict, merge, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -61,20 +61,7 @@ def tiny_params(tmp_path: Path, **train_overrides) -> Params:
     raw["train"] = merge(raw["train"], train_overrides)
     # every variant of the paper grid: params.yaml's cells and the paper-scale VGG's (workflow/paper-vgg.yaml lists both)
     raw["train"]["grid"] = read_yaml(ROOT / "workflow" / "paper-vgg.yaml")["train"]["grid"]
-    return from_dict(fit_windows(raw))
-
-
-def fit_windows(raw: dict) -> dict:
-    """Lower summarize's windows to the shortest runs of raw's grid, in place (bnflow.config.checks refuses windows
-    longer than a run). The summaries used to cut them to the run silently, so the numbers are the same."""
-    models = {c["model"] for c in raw["train"]["grid"].values()}
-    steps = {m: raw["train"][m]["steps"] for m in models}
-    logged = {m: steps[m] // raw["train"][m]["log_every"] + 1 for m in models}
-    s = raw["summarize"]
-    s["auc_steps"] = min([s["auc_steps"], *(steps[m] for m in models if m != "dln")])
-    s["smooth_window"] = min([s["smooth_window"], *(logged[m] for m in models if m != "dln")])
-    s["final_window"] = min([s["final_window"], *logged.values()])
-    return raw
+    return from_dict(fit_summary_windows(raw))
 
 
 def data_for(cell: str, image_data):

@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bnflow.config import check_plugin, from_dict, load_params, merge, read_yaml
+from bnflow.config import check_plugin, fit_summary_windows, from_dict, load_params, merge, read_yaml
 from bnflow.data import make_synthetic, save_prepared
 from bnflow.errors import ConfigError
 from bnflow.probes.checkpoint import probe_cell
 from bnflow.tasks import build_model, make_task, run_fingerprint
 from bnflow.train.cell import train_cell
 from bnflow.vocab import PAPER_VARIANTS
-from conftest import ROOT, data_for, fit_windows
+from conftest import ROOT, data_for
 
 torch.set_num_threads(1)
 NEW_VARIANTS = ("group_norm", "layer_norm", "weight_norm", "batch_norm_no_affine")
@@ -89,11 +89,17 @@ def dataset(tmp_path_factory) -> Path:
     return path
 
 
-def extended_raw(tmp_path: Path, **train) -> dict:
-    """The extended overlay at CPU size shrunk further for unit tests: 1 seed, 20 steps, writing under tmp_path."""
-    raw = {}
+def merged_extended() -> dict:
+    """params.yaml with the extended overlays merged in, as plain data."""
+    raw: dict = {}
     for path in EXTENDED:
         raw = merge(raw, read_yaml(path))
+    return raw
+
+
+def extended_raw(tmp_path: Path, **train) -> dict:
+    """The extended overlay at CPU size shrunk further for unit tests: 1 seed, 20 steps, writing under tmp_path."""
+    raw = merged_extended()
     raw["out_dir"] = str(tmp_path / "out")
     raw["prepare"]["synthetic"].update(n_train=256, n_test=64)
     short = {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_batch_size": 64, "checkpoint_steps": [0, 20]}
@@ -105,7 +111,7 @@ def extended_raw(tmp_path: Path, **train) -> dict:
     raw["train"]["grid"]["resnet-rms-lr0.1"] = {"model": "resnet", "variant": "rms", "lr": 0.1}
     raw["train"] = merge(raw["train"], train)
     raw["probe"]["curvature"]["enabled"] = False  # switched on where a test needs it
-    return fit_windows(raw)
+    return fit_summary_windows(raw)
 
 
 def sha256_of(model: torch.nn.Module) -> str:
@@ -414,10 +420,7 @@ def test_extended_quick_runs_end_to_end_through_the_cli(tmp_path):
                         "resnet": {"steps": 20, "eval_every": 10, "checkpoint_steps": [0, 20]},
                         "probes": {"vgg": {"every": 10}, "resnet": {"every": 10}}, "plugins": PLUGINS},
               "probe": {"curvature": {"eig_iters": 5}}}
-    merged = {}
-    for path in EXTENDED:
-        merged = merge(merged, read_yaml(path))
-    shrink["summarize"] = fit_windows(merge(merged, shrink))["summarize"]
+    shrink["summarize"] = fit_summary_windows(merge(merged_extended(), shrink))["summarize"]
     overlay = tmp_path / "shrink.yaml"
     overlay.write_text(json.dumps(shrink))  # JSON is YAML
     grid = dict(load_params(*EXTENDED).train.grid) | {"resnet-rms-lr0.1": None}

@@ -12,7 +12,8 @@ One module per concept, all re-exported here (import from `bnflow.config`, never
 Like the rest of bnflow's lower floor it imports only bnflow.vocab and bnflow.errors (tests/test_architecture.py).
 """
 
-from bnflow.config.checks import CIFAR10_TRAIN_IMAGES, PATH_KEYS, SYNTHETIC_MAX_IMAGES, check_params, require_files
+from bnflow.config.checks import (CIFAR10_TRAIN_IMAGES, PATH_KEYS, SYNTHETIC_MAX_IMAGES, check_params,
+                                  fit_summary_windows, require_files)
 from bnflow.config.claims import ClaimSpec, check_claim, parse_claims
 from bnflow.config.loading import (REPLACED_BY_OVERLAY, UniqueKeyLoader, expand_seed_counts, from_dict, load_params,
                                    merge, read_yaml, to_plain)
@@ -30,6 +31,6 @@ __all__ = [
     "NoiseConfig", "NormConfig", "NumericsConfig", "Params", "PluginConfig", "PrepareConfig", "ProbeConfig",
     "ProbeOptions", "ResNetConfig", "SeedsConfig", "StatsConfig", "SummarizeConfig", "SyntheticConfig",
     "TrainConfig", "UniqueKeyLoader", "VggConfig", "check_claim", "check_params", "check_plugin", "check_variants",
-    "expand_seed_counts", "from_dict", "load_params", "merge", "parse_claims", "plugin_class", "read_yaml",
+    "expand_seed_counts", "fit_summary_windows", "from_dict", "load_params", "merge", "parse_claims", "plugin_class", "read_yaml",
     "require_files", "rule", "to_plain",
 ]

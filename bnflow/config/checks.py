@@ -133,6 +133,23 @@ def _check_windows(p: Params) -> None:
                               f"silently be cut to each run's length: lower it")
 
 
+def fit_summary_windows(raw: dict) -> dict:
+    """Lower raw params' summarize windows, in place, to the largest that _check_windows accepts for raw's grid.
+
+    For configurations that shrink their runs (test and benchmark sizes, `bf16_check.py --steps`): the summaries
+    once cut a longer window to the run silently, so the fitted values give the numbers those configurations had.
+    raw is plain params data (merged files, before validation) with every section the grid's families need.
+    """
+    models = {c["model"] for c in raw["train"]["grid"].values()}
+    steps = {m: raw["train"][m]["steps"] for m in models}
+    logged = {m: steps[m] // raw["train"][m]["log_every"] + 1 for m in models}
+    s = raw["summarize"]
+    s["auc_steps"] = min([s["auc_steps"], *(steps[m] for m in models if m in CLASSIFIERS)])
+    s["smooth_window"] = min([s["smooth_window"], *(logged[m] for m in models if m in CLASSIFIERS)])
+    s["final_window"] = min([s["final_window"], *logged.values()])
+    return raw
+
+
 def _check_cross_fields(p: Params) -> None:
     """Rules between sections, checked before any job starts rather than when the step that needs them runs."""
     _check_windows(p)
