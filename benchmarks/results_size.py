@@ -13,6 +13,7 @@ Measured where measurable, extrapolated where not:
 from __future__ import annotations
 
 import argparse
+import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +26,21 @@ MB = 1e6
 
 
 def bytes_per_row(path: Path) -> tuple[float, int]:
-    """(bytes per data row, header bytes) of a CSV."""
-    lines = path.read_bytes().splitlines(keepends=True)
+    """(bytes per data row, header bytes) of a CSV; of a gzip-compressed one (a run's `.csv.gz` table), its
+    compressed bytes spread over its rows (compressed, the header costs nothing apart)."""
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        rows = gzip.decompress(raw).count(b"\n") - 1
+        return (len(raw) / rows, 0) if rows > 0 else (0.0, len(raw))
+    lines = raw.splitlines(keepends=True)
     if len(lines) < 2:
         return 0.0, len(lines[0]) if lines else 0
     return sum(map(len, lines[1:])) / (len(lines) - 1), len(lines[0])
 
 
 def vgg_rows(p, variant: str) -> dict[str, int]:
-    """Rows each committed table of one paper-scale VGG run holds (dense tables in runs/, probe tables in probes/)."""
+    """Rows each committed table of one paper-scale VGG run holds (dense tables in runs/, gzip-compressed; probe
+    tables in probes/)."""
     v, dense, probe = p.train.vgg, p.train.probes, p.probe
     probes = v.steps // dense.vgg.every if dense.vgg.every else 0
     act_probes = v.steps // dense.vgg.activation_every if dense.vgg.activation_every else probes
@@ -41,11 +48,11 @@ def vgg_rows(p, variant: str) -> dict[str, int]:
     acts = len(dense.vgg.activation_layers)
     bn_layers = 13 if "bn" in variant else 0
     return {
-        "runs/metrics.csv": v.steps // v.log_every + 1 + v.steps // v.eval_every + 1,
-        "runs/landscape.csv": probes * len(dense.vgg.eta_factors),
-        "runs/ics.csv": probes * len(dense.vgg.ics_layers),
-        "runs/act_channels.csv": act_probes * acts * dense.n_channels,
-        "runs/act_units.csv": act_probes * acts * dense.n_units,
+        "runs/metrics.csv.gz": v.steps // v.log_every + 1 + v.steps // v.eval_every + 1,
+        "runs/landscape.csv.gz": probes * len(dense.vgg.eta_factors),
+        "runs/ics.csv.gz": probes * len(dense.vgg.ics_layers),
+        "runs/act_channels.csv.gz": act_probes * acts * dense.n_channels,
+        "runs/act_units.csv.gz": act_probes * acts * dense.n_units,
         "probes/landscape.csv": n_ckpt * len(probe.vgg.eta_factors),
         "probes/ics.csv": n_ckpt * len(probe.vgg.ics_layers),
         "probes/act_channels.csv": n_ckpt * len(probe.vgg.activation_layers) * probe.n_channels,

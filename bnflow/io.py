@@ -6,7 +6,9 @@ import contextlib
 import csv
 import errno
 import fcntl
+import gzip
 import hashlib
+import io
 import json
 import numbers
 import os
@@ -98,16 +100,29 @@ def write_table(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]
     """A tidy CSV, atomically: floats with 6 significant digits (`format_cell`), rows and columns in the order given.
 
     Args:
-        path: the CSV to write.
+        path: the CSV to write; a name ending in .gz writes it gzip-compressed (gzip_bytes).
         rows: one mapping per row; every row holds every column.
         columns: column order (default: the first row's keys; no rows and no columns writes an empty header).
     """
     columns = columns or (tuple(rows[0]) if rows else ())
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([format_cell(r[c]) for c in columns])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([format_cell(r[c]) for c in columns])
+    data = buf.getvalue().encode("utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip_bytes(data) if Path(path).name.endswith(".gz") else data)
+
+
+RUN_TABLE = "{}.csv.gz"
+"""The file name of a run's per-step table (metrics, landscape, ics, act_channels, act_units) in runs/{cell}/s{seed}/."""
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """gzip `data` with a fixed header (no file name, mtime 0) at level 9: the same content gives the same bytes on
+    every run, so a re-run diffs empty (the runs' dense tables, `*.csv.gz`: bnflow.train.cell says why)."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
 
 
 def publish_dir(src: Path, dst: Path, *, force: bool = False) -> None:

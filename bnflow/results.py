@@ -9,19 +9,21 @@ missing seed or table is a DataError that names the folder and the command that 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import pandas as pd
 
 from bnflow.config import Params
 from bnflow.errors import DataError
+from bnflow.io import RUN_TABLE
 
 RUN_COLUMNS = ("cell", "model", "variant", "lr", "seed", "diverged")
 SUMMARY_COLUMNS = (*RUN_COLUMNS, "run_id", "status", "diverged_at_step", "n_steps", "step_budget", "n_classes")
 """One row per run, from its run.json (n_classes: data.n_classes when the run records it, else empty)."""
 TABLES = ("metrics", "landscape", "ics", "act_channels", "act_units")
 DENSE_TABLES = TABLES[1:]
-"""The dense probe tables the train step writes beside metrics.csv when train.probes.<model>.every > 0."""
+"""The dense probe tables the train step writes beside metrics.csv.gz when train.probes.<model>.every > 0."""
 
 
 def present_cells(params: Params, runs_root: Path) -> list[str]:
@@ -54,7 +56,7 @@ def read_table(path: Path, step: str, cell: str) -> pd.DataFrame:
         return pd.DataFrame()
     except FileNotFoundError:
         raise DataError(f"{path}: missing; {rebuild_hint(step, cell)}") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zlib.error) as e:  # EOFError, zlib.error: a truncated .gz
         raise DataError(f"{path}: unreadable ({e}); {rebuild_hint(step, cell)}") from None
 
 
@@ -68,14 +70,15 @@ def load_runs(params: Params, runs_root: Path) -> tuple[pd.DataFrame, dict[str, 
 
     Args:
         params: resolved params; the grid says which cells may be there, the seeds which runs a present cell holds.
-        runs_root: folder with one `{cell}/s{seed}/` folder per run (run.json, metrics.csv, dense probe tables).
+        runs_root: folder with one `{cell}/s{seed}/` folder per run (run.json, metrics.csv.gz, dense probe tables
+            `{name}.csv.gz`: bnflow.io.RUN_TABLE).
 
     Returns:
         (summaries with SUMMARY_COLUMNS, {table name: long DataFrame with RUN_COLUMNS added}); a dense table is an
         empty frame when no run wrote it (dense probes off). Cells that are not run yet are left out (missing_cells).
 
     Raises:
-        DataError: a present cell lacks a seed folder, a run.json, metrics.csv, or a dense probe table that
+        DataError: a present cell lacks a seed folder, a run.json, metrics.csv.gz, or a dense probe table that
             train.probes says it must hold.
     """
     runs_root = Path(runs_root)
@@ -93,7 +96,7 @@ def load_runs(params: Params, runs_root: Path) -> tuple[pd.DataFrame, dict[str, 
             row = {k: summary.get(k) for k in SUMMARY_COLUMNS if k != "n_classes"}
             summaries.append(row | {"n_classes": (summary.get("data") or {}).get("n_classes")})
             for name in TABLES:
-                path = run_dir / f"{name}.csv"
+                path = run_dir / RUN_TABLE.format(name)
                 if name != "metrics" and not path.exists() and not _dense_probes_on(params, model):
                     continue  # dense probes off for this model: nothing was measured, nothing is missing
                 frame = read_table(path, "train", cell_id)

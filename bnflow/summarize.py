@@ -110,7 +110,7 @@ def accuracy_summaries(metrics: pd.DataFrame, cfg: SummarizeConfig, budget: int,
     out["final_train_acc"] = float(np.mean(acc[-cfg.final_window:]))
     final = metrics[(metrics.split == "test") & (metrics.step == budget)]
     if final.empty:
-        raise DataError(f"metrics.csv of a completed run has no test row at the budget (step {budget})")
+        raise DataError(f"metrics.csv.gz of a completed run has no test row at the budget (step {budget})")
     out["final_test_acc"] = float(final.acc.iloc[0])
     return out
 
@@ -133,7 +133,7 @@ def loss_summaries(metrics: pd.DataFrame, cfg: SummarizeConfig, *, diverged: boo
         return {"final_train_loss": INF, "train_loss_auc_log": INF}
     loss = metrics[metrics.split == "train"].sort_values("step").loss.to_numpy(dtype=np.float64)
     if not loss.size:
-        raise DataError("metrics.csv has no train rows")
+        raise DataError("metrics.csv.gz has no train rows")
     return {"final_train_loss": _mean_or_inf(loss[-cfg.final_window:]), "train_loss_auc_log": _mean_or_inf(_log(loss))}
 
 

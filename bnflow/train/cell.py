@@ -8,8 +8,11 @@ train.<model>.checkpoint_steps, each file's sha256, cell, seed and fingerprint);
 Only then are the checkpoints and runs folders moved into place, each with one rename, so Snakemake, DVC and later
 steps never see a half-written cell; a job killed between the two renames is finished by the next one.
 
-Per run, `runs/{cell}/s{seed}/` holds metrics.csv, the dense probe tables, run.json (deterministic facts only) and
-provenance.json (what computed it); `checkpoints/{cell}/s{seed}/` holds step*.pt and manifest.json. What changes from
+Per run, `runs/{cell}/s{seed}/` holds metrics.csv.gz, the dense probe tables (`{name}.csv.gz`), run.json
+(deterministic facts only) and provenance.json (what computed it). The per-step tables are gzip-compressed with a fixed
+header (bnflow.io.gzip_bytes: a re-run rewrites them byte for byte): as plain CSV the DLN half at 20 seeds alone would
+pass the results' 25 MB git budget; compressed, the tables the summaries and figures read stay in git, so every step
+after training re-runs on a clone without the DVC cache. The per-run summaries reviewers read are in runs.csv; `checkpoints/{cell}/s{seed}/` holds step*.pt and manifest.json. What changes from
 one execution to the next (wall time, speed, resume step, command) goes to the log and to
 `{out_dir}/logs/train/{cell}.timing.json`, never into a committed file.
 """
@@ -37,7 +40,8 @@ from bnflow.config import Cell, Params, TrainConfig, from_dict, to_plain
 from bnflow.errors import DataError
 from bnflow.data import load_prepared
 from bnflow.gpu import process_device
-from bnflow.io import LOG_FORMAT, check_absent, git_revision, publish_dir, run_provenance, write_json, write_table
+from bnflow.io import (LOG_FORMAT, RUN_TABLE, check_absent, git_revision, publish_dir, run_provenance, write_json,
+                       write_table)
 from bnflow.probes.checkpoint import checkpoint_files, load_checkpoint, write_manifest
 from bnflow.probes.runner import TABLES, Prober, ProbePlan
 from bnflow.tasks import make_task, run_facts, run_fingerprint
@@ -147,8 +151,8 @@ def write_run(params: Params, cell_id: str, seed: int, scratch_dir: Path, outcom
 
     For any way of training a seed (train_seed; packed cells, bnflow.train.packed): checkpoints of a diverged run
     after its divergence step are dropped (saved before the host sync that noticed, they hold blown-up weights) and
-    the manifest records the set kept; metrics.csv, the dense probe tables (`probed`), provenance.json and run.json
-    go to runs/s{seed}/, the timing facts to timing/s{seed}.json.
+    the manifest records the set kept; metrics.csv.gz, the dense probe tables (`probed`), provenance.json and
+    run.json go to runs/s{seed}/, the timing facts to timing/s{seed}.json.
 
     Returns:
         run.json's content plus wall_s, steps_per_s, resumed_from_step and command.
@@ -160,9 +164,9 @@ def write_run(params: Params, cell_id: str, seed: int, scratch_dir: Path, outcom
     clear_checkpoints(where.checkpoints, keep=kept)
     write_manifest(where.checkpoints, list(kept), outcome.diverged_at_step)
     columns = METRICS_COLUMNS + ((PENALTY_COLUMN,) if getattr(model_cfg, "weight_decay", 0.0) else ())
-    write_table(where.run / "metrics.csv", outcome.tables["metrics"], columns)
+    write_table(where.run / RUN_TABLE.format("metrics"), outcome.tables["metrics"], columns)
     for name in TABLES if probed else ():
-        write_table(where.run / f"{name}.csv", outcome.tables.get(name, []))
+        write_table(where.run / RUN_TABLE.format(name), outcome.tables.get(name, []))
     write_json(where.run / "provenance.json", run_provenance(device))
     summary = {
         "run_id": cell.run_id(seed), "cell": cell_id, "model": cell.model, "variant": cell.variant, "lr": cell.lr,
