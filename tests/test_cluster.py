@@ -33,7 +33,9 @@ CELL = "vgg-bn-lr0.1"  # the cell whose train job is cancelled, then timed out
 FAULTS = {"train": {"vgg": {"steps": 600}, "execution": {"resume_every_s": 0}}}
 OVERLAYS = "overlay=workflow/quick.yaml,workflow/cluster-test.yaml"
 OUT = Path("results") / "quick"
-RUN_FILES = {"metrics.csv", "run.json", "ics.csv", "landscape.csv", "act_channels.csv", "act_units.csv"}
+# a run's tables are gzip CSVs with a fixed header (bnflow.io.RUN_TABLE, gzip_bytes): equal content, equal bytes
+RUN_FILES = {"metrics.csv.gz", "run.json", "ics.csv.gz", "landscape.csv.gz", "act_channels.csv.gz",
+             "act_units.csv.gz"}
 
 
 def cannot_run(reason: str):

@@ -19,6 +19,7 @@ import torch
 from bnflow.config import check_plugin, fit_summary_windows, from_dict, load_params, merge, read_yaml
 from bnflow.data import make_synthetic, save_prepared
 from bnflow.errors import ConfigError
+from bnflow.io import RUN_TABLE
 from bnflow.probes.checkpoint import probe_cell
 from bnflow.tasks import build_model, make_task, run_fingerprint
 from bnflow.train.cell import train_cell
@@ -356,15 +357,15 @@ def test_new_models_and_variants_train_and_take_every_probe(tmp_path, dataset, c
     p = from_dict(raw)
     run, probes = train_and_probe(p, cell, dataset, tmp_path)
     model = p.cell(cell).model
-    metrics = pd.read_csv(run / "metrics.csv")
+    metrics = pd.read_csv(run / RUN_TABLE.format("metrics"))
     assert set(metrics.split) == {"train", "test"} and metrics.loss.notna().all() and metrics.acc.notna().all()
     dense = p.train.probes.resnet if model == "resnet" else p.train.probes.vgg
-    for where in (run, probes):
-        land = pd.read_csv(where / "landscape.csv")
+    for where, name in ((run, RUN_TABLE), (probes, "{}.csv")):  # train step: gzip tables; probe step: plain CSV
+        land = pd.read_csv(where / name.format("landscape"))
         assert np.isfinite(land.loss).all() and np.isfinite(land.grad_change).all()
-        ics = pd.read_csv(where / "ics.csv")
+        ics = pd.read_csv(where / name.format("ics"))
         assert set(ics.layer) == set(dense.ics_layers) and np.isfinite(ics.rel).all() and (ics.grad_norm > 0).all()
-        acts = pd.read_csv(where / "act_channels.csv")
+        acts = pd.read_csv(where / name.format("act_channels"))
         assert set(acts.layer) == set(dense.activation_layers)
     curvature = pd.read_csv(probes / "curvature.csv")
     assert np.isfinite(curvature.filter(like="lambda").to_numpy(dtype=float)).all()
@@ -382,8 +383,8 @@ def test_dense_probes_leave_new_variants_training_bit_identical(tmp_path, datase
     off = from_dict(extended_raw(tmp_path, probes={"vgg": {"every": 0}, "resnet": {"every": 0}}))
     for params, root in ((on, tmp_path / "on"), (off, tmp_path / "off")):
         train_cell(params, cell, data_for(cell, dataset), root / "runs" / cell, root / "ckpt" / cell, quiet=True)
-    a = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "metrics.csv")
-    b = pd.read_csv(tmp_path / "off" / "runs" / cell / "s0" / "metrics.csv")
+    a = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "metrics.csv.gz")
+    b = pd.read_csv(tmp_path / "off" / "runs" / cell / "s0" / "metrics.csv.gz")
     pd.testing.assert_frame_equal(a, b)
     ck = [torch.load(root / "ckpt" / cell / "s0" / "step000020.pt", weights_only=True)["state_dict"]
           for root in (tmp_path / "on", tmp_path / "off")]

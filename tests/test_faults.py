@@ -184,7 +184,7 @@ def damage(path: Path, how: str) -> None:
 def assert_published_like(root: Path, ref: Path, params, seeds=(0,)) -> None:
     """Every published file of the cell equals the uninterrupted reference run's; every checkpoint verifies."""
     for seed in seeds:
-        for name in ("metrics.csv", "run.json"):
+        for name in ("metrics.csv.gz", "run.json"):
             got = (root / "runs" / CELL / f"s{seed}" / name).read_bytes()
             assert got == (ref / "runs" / CELL / f"s{seed}" / name).read_bytes(), (seed, name)
         run = json.loads((root / "runs" / CELL / f"s{seed}" / "run.json").read_text())

@@ -36,6 +36,7 @@ from bnflow.figures.report import Entry, Table, format_cell, report_markdown, re
 from bnflow.figures.select import (GRID_COLUMNS, Need, layer_title, layers_heading, pick_lrs,  # noqa: E402
                                    resolve_layers, waiting_cells)
 from bnflow.figures.style import LR_STYLES, _log_label  # noqa: E402
+from bnflow.io import RUN_TABLE  # noqa: E402
 from bnflow.vocab import CELL_ID  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
@@ -313,7 +314,7 @@ def test_extra_figures():
 def test_missing_columns_and_no_runs():
     data = synthetic()
     broken = FigureData(dense={**data.dense, "landscape": data.dense["landscape"].drop(columns="grad_change")})
-    with pytest.raises(DataError, match="landscape.csv: missing column.*grad_change"):
+    with pytest.raises(DataError, match=r"table landscape\.csv\.gz: missing column.*grad_change"):
         landscape.fig04_landscape_vgg(broken)
     empty = FigureData(dense={})
     assert all(isinstance(spec.draw(empty), Skip) for spec in FIGURES)
@@ -580,13 +581,14 @@ def test_waiting_cells_by_hand():
 
 
 def metrics_only(data: FigureData) -> FigureData:
-    """The data as a training job with dense probes off writes it (metrics.csv only)."""
+    """The data as a training job with dense probes off writes it (metrics.csv.gz only)."""
     data.dense.update({k: v.iloc[:0] for k, v in data.dense.items() if k != "metrics"})
     return data
 
 
 def _write_runs(root: Path, data: FigureData, cells: list[str]) -> None:
-    """The train step's files for these cells: run.json, metrics.csv and the dense probe tables."""
+    """The train step's files for these cells: run.json, metrics.csv.gz and the dense probe tables (gzip, as the
+    train step writes them: RUN_TABLE)."""
     m = data.dense["metrics"]
     for (cell, seed), rows in m[m.cell.isin(cells)].groupby(["cell", "seed"]):
         run = root / cell / f"s{seed}"
@@ -596,13 +598,13 @@ def _write_runs(root: Path, data: FigureData, cells: list[str]) -> None:
             "cell": cell, "model": r.model, "variant": r.variant, "lr": r.lr, "seed": int(seed), "diverged": False,
             "run_id": f"{r.variant}-lr{r.lr:g}-s{seed}", "status": "completed", "diverged_at_step": None,
             "n_steps": 100, "step_budget": 100, "wall_s": 1.0, "data": {"source": "synthetic"}}))
-        rows[["step", "split", "loss", "acc"]].to_csv(run / "metrics.csv", index=False)
+        rows[["step", "split", "loss", "acc"]].to_csv(run / RUN_TABLE.format("metrics"), index=False)
         for name in ("landscape", "ics", "act_channels", "act_units"):
             t = data.dense[name]
             own = t[(t.cell == cell) & (t.seed == seed)].drop(columns=["cell", "model", "variant", "lr", "seed",
                                                                         "diverged"])
             if len(own):
-                own.to_csv(run / f"{name}.csv", index=False)
+                own.to_csv(run / RUN_TABLE.format(name), index=False)
 
 
 def test_render_figures_writes_pngs_svgs_and_report_byte_identically(tmp_path, quick_raw):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,33 @@ def test_column_order_is_the_one_given_and_values_keep_their_text(tmp_path):
     assert list(csv.reader(path.open())) == [["c", "a", "b"], ["3", "x,y", "True"]]
     io.write_table(path, [{"z": 1.5, "y": 2}])  # default: the first row's key order
     assert path.read_text() == "z,y\n1.5,2\n"
+
+
+def test_a_gz_table_is_the_plain_tables_bytes_gzip_compressed_and_byte_stable(tmp_path):
+    """A run's per-step tables (RUN_TABLE, `*.csv.gz`) are write_table's plain CSV, gzip-compressed with a fixed header
+    (no mtime, no file name): the same rows give the same bytes at another time and under another name."""
+    assert io.RUN_TABLE.format("metrics") == "metrics.csv.gz"
+    columns = ("step", "split", "loss", "acc")
+    for rows in ([{"step": 0, "split": "train", "loss": 2.302585092994046, "acc": None},
+                  {"step": 10, "split": "test", "loss": float("nan"), "acc": 0.1 + 0.2},
+                  {"step": 20, "split": "train", "loss": float("inf"), "acc": np.float32(0.1)}],
+                 []):  # no rows: the header alone
+        plain, gz = tmp_path / "t.csv", tmp_path / "metrics.csv.gz"
+        io.write_table(plain, rows, columns)
+        io.write_table(gz, rows, columns)
+        raw = gz.read_bytes()
+        assert raw[:3] == b"\x1f\x8b\x08"  # gzip, deflate
+        assert raw[3] == 0 and raw[4:8] == b"\0\0\0\0"  # no flags (no file name), mtime 0
+        assert gzip.decompress(raw) == plain.read_bytes()
+        assert plain.read_bytes().startswith(b"step,split,loss,acc\n")
+        pd.testing.assert_frame_equal(pd.read_csv(gz), pd.read_csv(plain))
+        time.sleep(1.1)  # a header that carried the time would differ now
+        (tmp_path / "again").mkdir(exist_ok=True)
+        again = tmp_path / "again" / "ics.csv.gz"  # another folder and name
+        io.write_table(again, rows, columns)
+        assert again.read_bytes() == raw
+        assert io.gzip_bytes(plain.read_bytes()) == raw
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "metrics.csv.gz", "t.csv"]  # no temp files
 
 
 def test_run_provenance_holds_no_volatile_fact():

@@ -23,11 +23,13 @@ import torch
 
 from bnflow.config import Cell
 from bnflow.data import make_synthetic, save_prepared
+from bnflow.io import RUN_TABLE
 from bnflow.models import build_vgg, set_noise_generator
 from bnflow.models.packed import (PackingError, pack_inputs, pack_state, pack_vgg, packed_losses, unpack_state,
                                   zero_seed)
 from bnflow.probes.checkpoint import checkpoint_name, load_checkpoint
 from bnflow.probes.runner import Prober, ProbePlan
+from bnflow.results import TABLES
 from bnflow.tasks import VggTask
 from bnflow.train.cell import loop_config, train_cell, write_run
 from bnflow.train.loop import train_loop
@@ -337,7 +339,9 @@ def test_packed_cell_writes_the_run_folders_a_separate_cell_writes(tmp_path, dat
         for run in (want, got):
             del run["params"]["numerics"]["mode"], run["fingerprint"]
         assert got == want
-        for table in sorted(a.glob("*.csv")):
+        tables = sorted(a.glob("*.csv.gz"))  # the run's tables, gzip (RUN_TABLE): metrics and the dense probes
+        assert {t.name for t in tables} == {RUN_TABLE.format(name) for name in TABLES}
+        for table in tables:
             want, got = pd.read_csv(table), pd.read_csv(b / table.name)
             assert list(got.columns) == list(want.columns) and len(got) == len(want) > 0, table.name
             pd.testing.assert_frame_equal(got, want, rtol=1e-4, atol=1e-6, obj=table.name)

@@ -155,7 +155,7 @@ def test_dvc_repro_after_a_params_edit_reruns_only_what_changed(tmp_path):
     log = run([PY, "-m", "dvc", "repro"], ws)
     assert "Running stage 'train@dln-bn-lr1e-06'" in log and "Running stage 'figures'" in log
     assert "Running stage 'prepare@" not in log and "Running stage 'train@vgg_cpu-bn-lr0.1'" not in log
-    assert pd.read_csv(ws / "results" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").step.max() == 49
+    assert pd.read_csv(ws / "results" / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv.gz").step.max() == 49
     # probe params re-run probing only (never training); claims re-run the stats only
     assert edit({"probe": {"direction": "random"}}) == {"probe@vgg_cpu-bn-lr0.1", "probe@dln-bn-lr1e-06"}
     log = run([PY, "-m", "dvc", "repro"], ws)

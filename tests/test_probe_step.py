@@ -12,6 +12,7 @@ import torch
 from bnflow.config import from_dict, to_plain
 from bnflow.data import make_synthetic, save_prepared
 from bnflow.errors import DataError
+from bnflow.io import RUN_TABLE
 from bnflow.probes.checkpoint import probe_cell
 from bnflow.train.cell import train_cell
 from conftest import tiny_params, data_for
@@ -45,16 +46,16 @@ def train(params, cell, data, root):
 def test_dense_probes_leave_training_bit_identical(tmp_path, dataset, cell):
     train(probed_params(tmp_path, every=10), cell, dataset, tmp_path / "on")
     train(probed_params(tmp_path, every=0), cell, dataset, tmp_path / "off")
-    on = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "metrics.csv")
-    off = pd.read_csv(tmp_path / "off" / "runs" / cell / "s0" / "metrics.csv")
+    on = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "metrics.csv.gz")
+    off = pd.read_csv(tmp_path / "off" / "runs" / cell / "s0" / "metrics.csv.gz")
     pd.testing.assert_frame_equal(on, off)
     last = sorted((tmp_path / "on" / "ckpt" / cell / "s0").iterdir())[-1].name
     a = torch.load(tmp_path / "on" / "ckpt" / cell / "s0" / last, weights_only=True)
     b = torch.load(tmp_path / "off" / "ckpt" / cell / "s0" / last, weights_only=True)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert all(torch.equal(x, y) for x, y in zip(a["noise_state"], b["noise_state"]))
-    assert not (tmp_path / "off" / "runs" / cell / "s0" / "landscape.csv").exists()
-    land = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "landscape.csv")
+    assert not (tmp_path / "off" / "runs" / cell / "s0" / "landscape.csv.gz").exists()
+    land = pd.read_csv(tmp_path / "on" / "runs" / cell / "s0" / "landscape.csv.gz")
     n_steps = 30 if cell.startswith("vgg") else 40
     assert sorted(land.step.unique()) == list(range(0, n_steps, 10))
 
@@ -66,7 +67,7 @@ def test_checkpoint_wise_probes_agree_with_dense_ones(tmp_path, dataset, cell):
     probe_cell(params, cell, tmp_path / "ckpt" / cell, data_for(cell, dataset), tmp_path / "probes" / cell)
     for table, keys in (("landscape", ["step", "eta"]), ("ics", ["step", "layer"]),
                         ("act_channels", ["step", "layer", "channel"]), ("act_units", ["step", "layer", "unit"])):
-        dense = pd.read_csv(tmp_path / "runs" / cell / "s0" / f"{table}.csv")
+        dense = pd.read_csv(tmp_path / "runs" / cell / "s0" / RUN_TABLE.format(table))
         ckpt = pd.read_csv(tmp_path / "probes" / cell / "s0" / f"{table}.csv")
         assert set(ckpt.step) == ({0, 10, 30} if "vgg" in cell else {0, 20, 40})
         both = dense.merge(ckpt, on=keys, suffixes=("_dense", "_ckpt"))
@@ -217,11 +218,11 @@ def test_gpu_dense_probes_match_a_float64_reference_with_tf32_on(tmp_path, datas
 
     lr, cfg = params.cell(cell).lr, params.train.probes.vgg
     ref = landscape_probe(model, loss_fn, x, y, etas=[f * lr for f in cfg.eta_factors])
-    land = pd.read_csv(tmp_path / "runs" / cell / "s0" / "landscape.csv").query("step == 0").sort_values("eta")
+    land = pd.read_csv(tmp_path / "runs" / cell / "s0" / "landscape.csv.gz").query("step == 0").sort_values("eta")
     np.testing.assert_allclose(land.loss, ref.loss, rtol=1e-4)
     np.testing.assert_allclose(land.grad_change, ref.grad_change, rtol=1e-3)
     ref_ics = ics_probe(model, loss_fn, x, y, lr=lr, layers=list(cfg.ics_layers), layer_params=model.layer_params,
                         preceding_params=preceding_params_in_blocks(model, include_norm=True))
-    ics = pd.read_csv(tmp_path / "runs" / cell / "s0" / "ics.csv").query("step == 0").sort_values("layer")
+    ics = pd.read_csv(tmp_path / "runs" / cell / "s0" / "ics.csv.gz").query("step == 0").sort_values("layer")
     np.testing.assert_allclose(ics.l2, [r.l2 for r in ref_ics], rtol=1e-3)
     np.testing.assert_allclose(ics.rel, [r.rel for r in ref_ics], rtol=1e-3)

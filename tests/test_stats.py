@@ -501,6 +501,24 @@ def test_a_time_claim_with_every_run_censored_says_its_ratio_measures_the_budget
     assert "no evidence that the effect is absent" in text
 
 
+def test_a_reach_fraction_of_zero_in_both_arms_says_it_measures_the_budget(table):
+    """C8_cpu at the reduced scale: no run of either arm reached 90% at lr 0.5, so the difference is 0 by construction."""
+    c8 = _row(table, "C8").copy()
+    c8["claim_id"] = "C8"
+    assert "No run of either arm reached the threshold" not in claim_sentence(c8, table.attrs["extras"]["C8"])  # 5/5
+    runs = synthetic_runs()
+    pick = (runs.model == "vgg") & (runs.lr == 0.5) & runs.variant.isin(["bn", "standard"])
+    runs.loc[pick, "reached_acc90"] = False
+    none_reached = evaluate_claims(runs, [c for c in CLAIMS if c.id == "C8"], seed=0, grid=GRID)
+    row = _row(none_reached, "C8").copy()
+    row["claim_id"] = "C8"
+    assert (row["estimate"], row["verdict"]) == (0.0, "not_reproduced")  # the registered rule, unchanged
+    text = claim_sentence(row, none_reached.attrs["extras"]["C8"])
+    assert ("No run of either arm reached the threshold (0 of 5, 0 of 5), so the difference is 0 by construction and "
+            "measures the step budget, not the arms.") in text
+    assert "no evidence that the effect is absent" in text
+
+
 def test_claims_csv_matches_the_golden_file(table):
     text = claims_csv_text(table)
     if os.environ.get("BNFLOW_UPDATE_GOLDEN"):

@@ -15,6 +15,7 @@ import pytest
 
 from bnflow.config import from_dict, load_params, read_yaml
 from bnflow.errors import DataError
+from bnflow.io import RUN_TABLE
 from bnflow.results import load_runs, missing_cells, present_cells
 from bnflow.errors import ConfigError
 from bnflow.summarize import (COLUMNS, EARLY, accuracy_summaries, act_drift_log, early_peak_summaries, edge_ratio,
@@ -222,17 +223,17 @@ def write_run(root: Path, probes: Path, cell: str, seed: int, *, diverged_at: in
             for t in steps]
     if model == "vgg" and diverged_at is None:
         rows.append({"step": budget, "split": "test", "loss": 0.3, "acc": 0.8})
-    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    pd.DataFrame(rows).to_csv(run / RUN_TABLE.format("metrics"), index=False)  # gzip: .gz
     probed = [t for t in (0, 50, 100, 150) if t < end]
     pd.DataFrame([{"step": t, "eta": e, "loss": 1.0 + e * (1 + seed), "grad_change": e, "ratio": 1.0 + seed,
                    "loss0": 1.0, "grad_norm": 1.0, "direction": "gradient"} for t in probed for e in (0.5, 1.0)]
-                 ).to_csv(run / "landscape.csv", index=False)
+                 ).to_csv(run / RUN_TABLE.format("landscape"), index=False)
     pd.DataFrame([{"step": t, "layer": 5, "l2": 0.1, "rel": 0.2, "cos": 0.9, "grad_norm": 1.0,
-                   "shifted_grad_norm": 1.0} for t in probed]).to_csv(run / "ics.csv", index=False)
+                   "shifted_grad_norm": 1.0} for t in probed]).to_csv(run / RUN_TABLE.format("ics"), index=False)
     pd.DataFrame([{"step": t, "layer": 2, "channel": 0, "mean": t / 100, "var": 1.0} for t in probed]
-                 ).to_csv(run / "act_channels.csv", index=False)
+                 ).to_csv(run / RUN_TABLE.format("act_channels"), index=False)
     pd.DataFrame([{"step": t, "layer": 2, "unit": "0", "channel": 0} for t in probed]
-                 ).to_csv(run / "act_units.csv", index=False)
+                 ).to_csv(run / RUN_TABLE.format("act_units"), index=False)
     (run / "run.json").write_text(json.dumps({
         "run_id": f"{variant}-lr{lr:g}-s{seed}", "cell": cell, "model": model, "variant": variant, "lr": lr,
         "seed": seed, "status": "diverged" if diverged_at is not None else "completed",
@@ -288,7 +289,7 @@ def test_rerun_is_byte_identical(tree, tmp_path):
 
 def test_a_nan_at_one_eta_of_one_probe_reaches_runs_csv_as_inf(tree, tmp_path):
     params, runs, probes = tree
-    path = runs / "vgg-bn-lr0.1" / "s0" / "landscape.csv"
+    path = runs / "vgg-bn-lr0.1" / "s0" / "landscape.csv.gz"
     land = pd.read_csv(path)
     land.loc[3, "loss"] = float("nan")
     land.to_csv(path, index=False)
@@ -309,13 +310,30 @@ def test_a_missing_probe_seed_folder_is_an_error_naming_it_and_the_command(tree,
 
 def test_a_missing_seed_folder_or_table_in_a_present_cell_is_an_error(tree, tmp_path):
     params, runs, probes = tree
-    (runs / "dln-bn-lr1e-06" / "s0" / "ics.csv").unlink()
-    with pytest.raises(DataError, match=r"ics\.csv: missing.*dvc repro train@dln-bn-lr1e-06"):
+    (runs / "dln-bn-lr1e-06" / "s0" / "ics.csv.gz").unlink()
+    with pytest.raises(DataError, match=r"ics\.csv\.gz: missing.*dvc repro train@dln-bn-lr1e-06"):
         load_runs(params, runs)
     shutil.rmtree(runs / "dln-bn-lr1e-06" / "s0")
     with pytest.raises(DataError, match=re.escape(str(runs / "dln-bn-lr1e-06" / "s0")) + ": missing seed folder"
                        ".*train@dln-bn-lr1e-06"):
         summarize(params, runs, tmp_path / "runs.csv", probes_root=probes)
+
+
+@pytest.mark.parametrize("how", ["truncated", "not gzip"])
+def test_a_damaged_metrics_gz_in_a_present_cell_is_unreadable_not_a_shorter_table(tree, tmp_path, how):
+    """A metrics.csv.gz cut to its first half (a copy or a commit cut short) or garbled: a DataError naming the file,
+    "unreadable" and the command that rebuilds it, never the rows that still decompress read as the whole run."""
+    params, runs, probes = tree
+    path = runs / "vgg-bn-lr0.1" / "s1" / RUN_TABLE.format("metrics")
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and len(pd.read_csv(path)) == 5  # the fixture's table, gzip-compressed
+    path.write_bytes(raw[: len(raw) // 2] if how == "truncated" else b"step,split,loss,acc\n0,train,1.0,0.5\n")
+    message = re.escape(str(path)) + r": unreadable .*dvc repro train@vgg-bn-lr0\.1"
+    with pytest.raises(DataError, match=message):
+        load_runs(params, runs)
+    with pytest.raises(DataError, match=message):
+        summarize(params, runs, tmp_path / "runs.csv", probes_root=probes)
+    assert not (tmp_path / "runs.csv").exists()
 
 
 def test_an_absent_cell_is_not_run_yet_not_an_error(tree, tmp_path):

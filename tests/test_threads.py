@@ -51,10 +51,10 @@ def train(params) -> Path:
 
 def assert_same_files(a: Path, b: Path) -> None:
     """Every table (metrics and dense probes) and run.json of run folder `a` byte-identical in `b`."""
-    names = sorted(p.name for p in a.iterdir() if p.suffix in (".csv", ".json") and p.name != "provenance.json")
-    assert {"metrics.csv", "landscape.csv", "ics.csv", "run.json"} <= set(names)
-    assert names == sorted(p.name for p in b.iterdir() if p.suffix in (".csv", ".json")
-                           and p.name != "provenance.json")
+    kept = (".csv", ".csv.gz", ".json")  # the run's tables are gzip CSVs (bnflow.io.RUN_TABLE), written byte-stable
+    names = sorted(p.name for p in a.iterdir() if p.name.endswith(kept) and p.name != "provenance.json")
+    assert {"metrics.csv.gz", "landscape.csv.gz", "ics.csv.gz", "run.json"} <= set(names)
+    assert names == sorted(p.name for p in b.iterdir() if p.name.endswith(kept) and p.name != "provenance.json")
     _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     assert not mismatch and not errors, f"differ between {a} and {b}: {mismatch or errors}"
 

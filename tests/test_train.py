@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from bnflow.config import from_dict, merge, read_yaml, to_plain
 from bnflow.data import make_synthetic, save_prepared
 from bnflow.data.dln import save_problems
 from bnflow.errors import OutputExistsError
+from bnflow.io import RUN_TABLE
+from bnflow.results import DENSE_TABLES
 from bnflow.train.cell import train_cell
 from bnflow.tasks import VggTask, run_facts
 from conftest import ROOT, tiny_params, data_for
@@ -41,7 +44,7 @@ def run_cell(params, cell, data, root: Path, **kw):
 
 
 def metrics(root: Path, cell: str, seed: int = 0) -> pd.DataFrame:
-    return pd.read_csv(root / "runs" / cell / f"s{seed}" / "metrics.csv")
+    return pd.read_csv(root / "runs" / cell / f"s{seed}" / RUN_TABLE.format("metrics"))
 
 
 def test_vgg_and_dln_learn(tmp_path, dataset):
@@ -69,7 +72,7 @@ def test_vgg_and_dln_learn(tmp_path, dataset):
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert set(prov) == {"code_revision", "packages", "device", "platform"}
     assert prov["packages"]["torch"] == torch.__version__.split("+")[0] and prov["device"] == {"device": "cpu"}
-    assert list(pd.read_csv(run_dir / "metrics.csv").columns) == VALUE_COLUMNS  # no wall_s, no penalty (wd = 0)
+    assert list(pd.read_csv(run_dir / "metrics.csv.gz").columns) == VALUE_COLUMNS  # no wall_s, no penalty (wd = 0)
     timing = json.loads((Path(p.out_dir) / "logs" / "train" / "vgg-bn-lr0.1.timing.json").read_text())
     assert set(timing) == {"s0"} and timing["s0"]["wall_s"] > 0 and timing["s0"]["resumed_from_step"] is None
     assert set(timing["s0"]) == {"wall_s", "steps_per_s", "resumed_from_step", "command", "commit", "torch_threads"}
@@ -108,11 +111,34 @@ def test_same_params_rerun_gives_byte_identical_run_folders(tmp_path, dataset):
         run_cell(from_dict(raw), cell, dataset, tmp_path / name)
         folders.append(tmp_path / name / "runs" / cell)
     files = sorted(p.relative_to(folders[0]) for p in folders[0].rglob("*") if p.is_file())
-    assert {f.name for f in files} == {"metrics.csv", "run.json", "provenance.json", "landscape.csv", "ics.csv",
-                                       "act_channels.csv", "act_units.csv"}
+    assert {f.name for f in files} == {"metrics.csv.gz", "run.json", "provenance.json", "landscape.csv.gz",
+                                       "ics.csv.gz", "act_channels.csv.gz", "act_units.csv.gz"}
     assert files == sorted(p.relative_to(folders[1]) for p in folders[1].rglob("*") if p.is_file())
     for f in files:
         assert (folders[0] / f).read_bytes() == (folders[1] / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("every", [0, 20], ids=["dense-off", "dense-on"])
+def test_a_runs_tables_are_gzip_csvs_beside_its_json(tmp_path, every):
+    """Each seed folder holds run.json, provenance.json and metrics.csv.gz (plus the dense `{name}.csv.gz` when dense
+    probes are on), gzip-compressed, no plain .csv; the gz content is the tidy CSV the summaries read."""
+    cell = "dln-bn-lr1e-06"
+    p = tiny_params(tmp_path, seeds={"n": 2}, probes={"dln": {"every": every}})
+    run_cell(p, cell, None, tmp_path)
+    dense = {RUN_TABLE.format(name) for name in DENSE_TABLES} if every else set()
+    for seed in (0, 1):
+        folder = tmp_path / "runs" / cell / f"s{seed}"
+        tables = {"metrics.csv.gz"} | dense
+        assert {f.name for f in folder.iterdir()} == {"run.json", "provenance.json"} | tables
+        assert not list(folder.glob("*.csv"))
+        for name in tables:
+            raw = (folder / name).read_bytes()
+            assert raw[:2] == b"\x1f\x8b", f"{name} is not gzip"
+            assert gzip.decompress(raw).decode().count("\n") >= 2, f"{name}: a header and rows"
+        with gzip.open(folder / "metrics.csv.gz", "rt", newline="") as f:
+            assert f.readline() == "step,split,loss,acc\n"
+        m = pd.read_csv(folder / "metrics.csv.gz")
+        assert list(m.columns) == VALUE_COLUMNS and len(m) > 1 and m.step.iloc[0] == 0 and (m.split == "train").all()
 
 
 def test_weight_decay_penalty_is_logged_apart_from_the_data_loss(tmp_path, dataset):
@@ -208,10 +234,10 @@ def test_divergence_is_an_outcome_not_a_crash(tmp_path, dataset):
 def test_completed_results_are_never_overwritten(tmp_path, dataset):
     p = tiny_params(tmp_path)
     run_cell(p, "dln-bn-lr1e-06", dataset, tmp_path)
-    before = (tmp_path / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").read_bytes()
+    before = (tmp_path / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv.gz").read_bytes()
     with pytest.raises(OutputExistsError, match="already holds completed results"):
         run_cell(p, "dln-bn-lr1e-06", dataset, tmp_path)
-    assert (tmp_path / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv").read_bytes() == before
+    assert (tmp_path / "runs" / "dln-bn-lr1e-06" / "s0" / "metrics.csv.gz").read_bytes() == before
     run_cell(p, "dln-bn-lr1e-06", dataset, tmp_path, force=True)  # explicit
 
 

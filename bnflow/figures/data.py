@@ -24,6 +24,7 @@ from bnflow.errors import DataError
 from bnflow.figures.palette import VariantStyle, variant_styles
 from bnflow.figures.scales import describe_scales
 from bnflow.figures.select import GRID_COLUMNS, PAPER_DEPTH, Need, model_order, waiting_cells
+from bnflow.io import RUN_TABLE
 from bnflow.results import RUN_COLUMNS, load_runs, present_cells, probe_run_dir, read_table, require_columns
 from bnflow.vocab import CLASSIFIERS, MODELS
 
@@ -103,8 +104,8 @@ class FigureData:
         frame = (self.checkpoint if checkpoint else self.dense).get(name)
         if frame is None or frame.empty:
             return pd.DataFrame(columns=[*RUN_COLUMNS, *COLUMNS[name]])
-        where = "checkpoint-wise probe table" if checkpoint else "table"
-        require_columns(frame, (*RUN_COLUMNS, *COLUMNS[name]), f"{where} {name}.csv")
+        where = f"checkpoint-wise probe table {name}.csv" if checkpoint else f"table {RUN_TABLE.format(name)}"
+        require_columns(frame, (*RUN_COLUMNS, *COLUMNS[name]), where)
         return frame[frame.model == model]
 
     def probes(self, name: str, model: str) -> tuple[pd.DataFrame, str]:

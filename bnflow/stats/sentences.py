@@ -243,8 +243,15 @@ def claim_sentence(row: pd.Series, extra: dict) -> str:
 
 
 def _all_censored(row: pd.Series, extra: dict) -> str:
-    """A time-to-threshold claim whose every run, in both arms, is censored: the rule's verdict, and what it is not."""
-    if "restriction_steps" not in extra or is_na(row["n_a"]) or is_na(row["n_b"]):
+    """A time-to-threshold claim whose every run, in both arms, is censored, or a reach-the-threshold fraction that
+    is 0 in both arms (Fisher's test): the rule's verdict, and what it is not."""
+    if is_na(row["n_a"]) or is_na(row["n_b"]):
+        return ""
+    if row["test"] == "fisher_exact" and extra.get("mean_a") == 0 and extra.get("mean_b") == 0:
+        return (f"No run of either arm reached the threshold (0 of {int(row['n_a'])}, 0 of {int(row['n_b'])}), so the "
+                "difference is 0 by construction and measures the step budget, not the arms. The verdict is what the "
+                "registered rule gives; it is no evidence that the effect is absent.")
+    if "restriction_steps" not in extra:
         return ""
     if extra["n_censored_a"] < int(row["n_a"]) or extra["n_censored_b"] < int(row["n_b"]):
         return ""
