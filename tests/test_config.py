@@ -31,7 +31,8 @@ def test_committed_defaults_are_the_paper_protocol():
     # (results/README.md lists those still to run; they are in workflow/paper-vgg.yaml's grid)
     cells = {(c.model, c.variant, c.lr) for c in p.train.grid.values()}
     assert cells - core == dln and {("vgg_cpu", "standard", 0.1), ("vgg_cpu", "bn", 0.1)} <= cells
-    assert dict(p.train.seeds.n) == {"vgg": 5, "vgg_cpu": 5, "dln": 5, "resnet": 5}
+    # the DLN: seeds 0-4 for the v2 claims, 5-19 registry v3's fresh seeds (STATS.md), all committed
+    assert dict(p.train.seeds.n) == {"vgg": 5, "vgg_cpu": 5, "dln": 20, "resnet": 5}
     # the paper-scale VGG grid (GPU) is an overlay that keeps every committed cell and adds the paper's VGG cells
     gpu = load_params(ROOT / "params.yaml", ROOT / "workflow" / "paper-vgg.yaml")
     paper = {("vgg", v, lr) for v in ("standard", "bn") for lr in (0.1, 0.5, 0.01)}
@@ -61,7 +62,7 @@ def test_seed_counts_per_model_family(raw_params):
     raw["train"]["seeds"]["n"] = 3  # an overlay's one int: every family
     assert dict(from_dict(raw).train.seeds.n) == dict.fromkeys(("vgg", "vgg_cpu", "dln", "resnet"), 3)
     p = from_dict(raw_params)
-    assert p.train.seeds.indices("dln") == tuple(range(5)) and p.train.seeds.indices("vgg_cpu") == tuple(range(5))
+    assert p.train.seeds.indices("dln") == tuple(range(20)) and p.train.seeds.indices("vgg_cpu") == tuple(range(5))
     for n, message in [({"vgg": 5}, r"^train\.seeds\.n\.vgg_cpu: missing key"),
                        ({**raw_params["train"]["seeds"]["n"], "mlp": 2}, r"^train\.seeds\.n\.mlp: no model family"),
                        ({**raw_params["train"]["seeds"]["n"], "dln": 0}, r"^train\.seeds\.n\.dln: must be an int >= 1"),
@@ -224,7 +225,7 @@ def test_cross_field_mistakes_are_caught_before_any_job(raw_params, tmp_path, mo
         from_dict(raw)
     raw = copy.deepcopy(raw_params)
     raw["lrscan"]["seeds"] = raw["train"]["seeds"]["n"]["dln"] + 1  # the DLN's prepared problems stop there
-    with pytest.raises(ConfigError, match=r"^lrscan\.seeds: 6 exceeds train\.seeds\.n\.dln \(5\)"):
+    with pytest.raises(ConfigError, match=r"^lrscan\.seeds: 21 exceeds train\.seeds\.n\.dln \(20\)"):
         from_dict(raw)
     raw = copy.deepcopy(raw_params)
     raw["prepare"]["source"] = "synthetic"
