@@ -116,7 +116,8 @@ def write_table(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]
 
 
 RUN_TABLE = "{}.csv.gz"
-"""The file name of a run's per-step table (metrics, landscape, ics, act_channels, act_units) in runs/{cell}/s{seed}/."""
+"""The file name of a run's per-step table (metrics, landscape, ics, act_channels, act_units) in
+runs/{cell}/s{seed}/."""
 
 
 def gzip_bytes(data: bytes) -> bytes:

@@ -9,12 +9,12 @@ Only then are the checkpoints and runs folders moved into place, each with one r
 steps never see a half-written cell; a job killed between the two renames is finished by the next one.
 
 Per run, `runs/{cell}/s{seed}/` holds metrics.csv.gz, the dense probe tables (`{name}.csv.gz`), run.json
-(deterministic facts only) and provenance.json (what computed it). The per-step tables are gzip-compressed with a fixed
-header (bnflow.io.gzip_bytes: a re-run rewrites them byte for byte): as plain CSV the DLN half at 20 seeds alone would
-pass the results' 25 MB git budget; compressed, the tables the summaries and figures read stay in git, so every step
-after training re-runs on a clone without the DVC cache. The per-run summaries reviewers read are in runs.csv; `checkpoints/{cell}/s{seed}/` holds step*.pt and manifest.json. What changes from
-one execution to the next (wall time, speed, resume step, command) goes to the log and to
-`{out_dir}/logs/train/{cell}.timing.json`, never into a committed file.
+(deterministic facts only) and provenance.json (what computed it); `checkpoints/{cell}/s{seed}/` holds step*.pt and
+manifest.json. The per-step tables are gzip-compressed with a fixed header (bnflow.io.gzip_bytes: a re-run rewrites
+them byte for byte): as plain CSV the DLN half at 20 seeds alone would pass the results' 25 MB git budget;
+compressed, the tables the summaries and figures read stay in git, so every step after training re-runs on a clone
+without the DVC cache. What changes from one execution to the next (wall time, speed, resume step, command) goes
+to the log and to `{out_dir}/logs/train/{cell}.timing.json`, never into a committed file.
 """
 
 from __future__ import annotations
