@@ -482,20 +482,21 @@ def test_sentences_say_why(table):
     assert "all 9 claims of the primary family" in text
 
 
+def _sentence(table, claim_id):
+    """(row, claims.md paragraph) of one claim of an evaluated table."""
+    row = _row(table, claim_id).copy()
+    row["claim_id"] = claim_id
+    return row, claim_sentence(row, table.attrs["extras"][claim_id])
+
+
 def test_a_time_claim_with_every_run_censored_says_its_ratio_measures_the_budget(table):
     """C1_cpu at the reduced scale: no run of either arm reached 90%, so the ratio is 1 by construction."""
-    c1 = _row(table, "C1").copy()
-    c1["claim_id"] = "C1"
-    assert "Every run of both arms is censored" not in claim_sentence(c1, table.attrs["extras"]["C1"])  # 2 of 5
+    assert "Every run of both arms is censored" not in _sentence(table, "C1")[1]  # 2 of 5
     runs = synthetic_runs()
     pick = (runs.model == "vgg") & (runs.lr == 0.1) & runs.variant.isin(["bn", "standard"])
     runs.loc[pick, "steps_to_acc90"], runs.loc[pick, "steps_to_acc90_censored"] = 15000, True
-    claims = [c for c in CLAIMS if c.id == "C1"]
-    all_censored = evaluate_claims(runs, claims, seed=0, grid=GRID)
-    row = _row(all_censored, "C1").copy()
-    row["claim_id"] = "C1"
+    row, text = _sentence(evaluate_claims(runs, [c for c in CLAIMS if c.id == "C1"], seed=0, grid=GRID), "C1")
     assert (row["estimate"], row["verdict"]) == (1.0, "not_reproduced")  # the registered rule, unchanged
-    text = claim_sentence(row, all_censored.attrs["extras"]["C1"])
     assert ("Every run of both arms is censored: none reached the threshold within 15000 steps, so the ratio is 1 by "
             "construction and measures the step budget, not the arms.") in text
     assert "no evidence that the effect is absent" in text
@@ -503,17 +504,12 @@ def test_a_time_claim_with_every_run_censored_says_its_ratio_measures_the_budget
 
 def test_a_reach_fraction_of_zero_in_both_arms_says_it_measures_the_budget(table):
     """C8_cpu at the reduced scale: no run of either arm reached 90% at lr 0.5, so the difference is 0 by construction."""
-    c8 = _row(table, "C8").copy()
-    c8["claim_id"] = "C8"
-    assert "No run of either arm reached the threshold" not in claim_sentence(c8, table.attrs["extras"]["C8"])  # 5/5
+    assert "No run of either arm reached the threshold" not in _sentence(table, "C8")[1]  # 5/5
     runs = synthetic_runs()
     pick = (runs.model == "vgg") & (runs.lr == 0.5) & runs.variant.isin(["bn", "standard"])
     runs.loc[pick, "reached_acc90"] = False
-    none_reached = evaluate_claims(runs, [c for c in CLAIMS if c.id == "C8"], seed=0, grid=GRID)
-    row = _row(none_reached, "C8").copy()
-    row["claim_id"] = "C8"
+    row, text = _sentence(evaluate_claims(runs, [c for c in CLAIMS if c.id == "C8"], seed=0, grid=GRID), "C8")
     assert (row["estimate"], row["verdict"]) == (0.0, "not_reproduced")  # the registered rule, unchanged
-    text = claim_sentence(row, none_reached.attrs["extras"]["C8"])
     assert ("No run of either arm reached the threshold (0 of 5, 0 of 5), so the difference is 0 by construction and "
             "measures the step budget, not the arms.") in text
     assert "no evidence that the effect is absent" in text
