@@ -6,8 +6,9 @@ edit or a code change without a re-run), a changed command. Two things are expec
 
 - stages without a dvc.lock entry: cells of the grid not run yet (the VGG half on a CPU-only project). DVC lists
   them as changed ("params.yaml: new"), although nothing of theirs is committed;
-- DVC-cached outputs and inputs absent from the workspace (prepared data, checkpoints, full probe tables): they are
-  git-ignored, so a clone (CI) has no copy of them until `dvc pull`.
+- the large artefacts absent from the workspace (prepared data, checkpoints, full probe tables): DVC keeps them in
+  its cache, git keeps their .dvc files (bnflow.dag.artefacts), so a clone (CI) has no copy of them until `dvc pull`.
+  Present, each must be what its .dvc file records: a hand-edited checkpoint fails the check as a result does.
 
 Exit status 0 when nothing fails, 1 when something does (each stale stage and why on stdout, and with --markdown the
 same for the PR comment), 2 when the check itself cannot run.
@@ -73,7 +74,7 @@ def judge(status: Mapping[str, list], locked: Iterable[str], cached: Callable[[s
     v = Verdict(checked=sorted(locked))
     for stage, entries in status.items():
         name = stage.split(":")[-1]  # dvc.yaml:train@x when dvc.yaml is not the default one
-        if name not in locked:
+        if name not in locked and not name.endswith(".dvc"):  # a .dvc file is the record of a large artefact
             v.not_run.append(name)
             continue
         why = [r for e in entries for r in _reasons(e, cached, v.absent)]
@@ -94,8 +95,19 @@ def git_ignored(root: Path, paths: Iterable[str]) -> set[str]:
     return set(proc.stdout.split("\n")) - {""}
 
 
+def tracked_files(root: Path) -> list[str]:
+    """The .dvc files git keeps: the records of the large artefacts (bnflow.dag.artefacts)."""
+    proc = subprocess.run(["git", "ls-files", "-z", "--", "*.dvc"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"git ls-files failed: {proc.stderr.strip()}")
+    return sorted(p for p in proc.stdout.split("\0") if p)
+
+
 def dvc_status(root: Path) -> dict[str, list]:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    """`dvc status --json` of dvc.yaml's stages and of every .dvc file (plain `dvc status` checks only the former)."""
+    targets = ["dvc.yaml", *tracked_files(root)]
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *targets], cwd=root, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc status failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout or "{}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bnflow.config import Params, load_params
 from bnflow.cpu_guard import check_step
+from bnflow.dag.artefacts import ensure_data, require_present, track_with_dvc, tracked_paths
 from bnflow.errors import BnflowError, ConfigError
 from bnflow.io import LOG_FORMAT, out_of_space, step_lock
 
@@ -107,6 +108,8 @@ def _add_common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--log", type=Path, help="also write the log to this file")
     sp.add_argument("--quiet", action="store_true", help="warnings and errors only (CI)")
     sp.add_argument("--force", action="store_true", help="replace outputs that already hold completed results")
+    # set by --dvc-stage: record the step's large artefacts in the DVC cache (bnflow.dag.artefacts)
+    sp.add_argument("--track-with-dvc", action="store_true", help=argparse.SUPPRESS)
 
 
 STEPS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Params, argparse.Namespace], None]]] = {
@@ -264,13 +267,14 @@ def stage_argv(step: str, stage: str, params: Params, params_files: Sequence[str
 
 
 def _expand_dvc_stage(argv: list[str]) -> list[str]:
-    """argv with `--dvc-stage STAGE` replaced by the stage's full command line (stage_argv); argv as is without."""
+    """argv with `--dvc-stage STAGE` replaced by the stage's full command line (stage_argv), which also records the
+    step's large artefacts in the DVC cache (--track-with-dvc: bnflow.dag.artefacts); argv as is without."""
     if not any(a == "--dvc-stage" or a.startswith("--dvc-stage=") for a in argv):
         return argv
     a = _dvc_parser().parse_args(argv)
     params = load_params(*a.params, check_files=False)  # validated before any path is built from it
     return [*stage_argv(a.step, a.dvc_stage, params, a.params), *(["--force"] if a.force else []),
-            *(["--quiet"] if a.quiet else [])]
+            *(["--quiet"] if a.quiet else []), "--track-with-dvc"]
 
 
 # ------------------------------------------------------------------------------------ one lock for both tools
@@ -281,11 +285,15 @@ outputs (update() flags) until they succeed."""
 
 def step_outputs(a: argparse.Namespace) -> list[Path]:
     """The outputs a step's command line names, its first one first (the key of its lock, bnflow.io.step_lock)."""
+    from bnflow.dag import manifest_path
+
     names = {"train": ("runs_dir", "checkpoints_dir"), "probe": ("output", "full_output"),
              "figures": ("output", "report", "plots_output")}.get(a.step, ("output",))
     outs = [getattr(a, n) for n in names if getattr(a, n, None) is not None]
     if a.step == "stats":  # --output is the folder of the claims files
         outs = [outs[0] / f"claims.{e}" for e in ("csv", "json", "md")]
+    if a.step == "prepare":  # the data, then its manifest (bnflow.prepare)
+        outs.append(manifest_path(outs[0]))
     return [Path(p) for p in outs]
 
 
@@ -318,7 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if os.environ.get(RUNNER_ENV) == "snakemake":
                 args.force = True
             _setup_threads(args.step)
+            if args.step == "probe":
+                require_present(args.checkpoints_dir, f"re-train the cell (`dvc repro -f -s train@{args.cell}`, then "
+                                                      f"`dvc repro`)")
+            if args.step in DATA_STEPS:  # absent on a clone without the DVC cache: rebuilt and checked first
+                ensure_data(params, DATA_STEPS[args.step](params, args), args.data)
             STEPS[args.step][2](params, args)
+            if args.track_with_dvc and tracked_paths(args.step, args):
+                track_with_dvc(tracked_paths(args.step, args))
     except OSError as e:
         if not out_of_space(e):
             raise
@@ -334,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return 0
 
+
+DATA_STEPS: dict[str, Callable[[Params, argparse.Namespace], str]] = {
+    "train": lambda p, a: p.cell(a.cell).model, "probe": lambda p, a: p.cell(a.cell).model,
+    "lrscan": lambda p, a: a.model}
+"""The steps that read a model family's prepared data (--data), and which family."""
 
 RESUMES = {"train": "; the same command resumes from the finished seeds and resume states kept in "
                     "<out_dir>/.partial/ (bnflow.train.cell)"}

@@ -127,3 +127,28 @@ def test_dvc_reads_every_metrics_and_plots_file_it_declares_on_a_clone(clone):
     for cmd in (["dvc", "metrics", "show"], ["dvc", "plots", "show", "-o", "dvc_plots"]):
         proc = _run(cmd, clone)
         assert proc.returncode == 0 and "failed to load" not in proc.stderr, (cmd, proc.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_plain_dvc_repro_on_a_clone_plans_nothing_and_a_stats_edit_only_the_claims(clone):
+    """Issue 24, part 1: no stage declares a file a clone lacks (bnflow.dag.artefacts), so plain `dvc repro --dry`
+    runs, plans nothing, and plans `stats` alone after a claims-params edit; every committed cell and model family
+    has its large files recorded by .dvc files git keeps, and each data family its manifest."""
+    dry = _run(["dvc", "repro", "--dry"], clone)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Running stage" not in dry.stdout and "Data and pipelines are up to date." in dry.stdout
+    assert _run(["dvc", "status", "--json"], clone).stdout.strip() == "{}"
+    params = load_params(clone / "params.yaml", check_files=False)
+    tracked = set(_run(["git", "ls-files", "results/data", "results/checkpoints", "results/probes_full"],
+                       clone).stdout.split())
+    models = {params.cell(c).model for c in params.train.grid}
+    assert tracked == {*(f"results/{d}/{c}.dvc" for d in ("checkpoints", "probes_full") for c in params.train.grid),
+                       *(f"results/data/{m}.{e}" for m in models for e in ("json", "npz.dvc"))}
+    text = (clone / "params.yaml").read_text()
+    (clone / "params.yaml").write_text(text.replace("  ci_level: 0.95", "  ci_level: 0.9", 1))
+    try:
+        dry = _run(["dvc", "repro", "--dry"], clone)
+    finally:
+        (clone / "params.yaml").write_text(text)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert re.findall(r"Running stage '([^']+)'", dry.stdout) == ["stats"]  # figures follow if claims.md changes

@@ -94,8 +94,8 @@ def dvc_changed(ws: Path) -> dict[str, list]:
 
 
 def dvc_plan(ws: Path) -> set[str]:
-    """The stages `dvc repro --allow-missing --dry` would run."""
-    log = run([PY, "-m", "dvc", "repro", "--allow-missing", "--dry"], ws)
+    """The stages a plain `dvc repro --dry` would run."""
+    log = run([PY, "-m", "dvc", "repro", "--dry"], ws)
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
 
 
@@ -177,8 +177,11 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
     run(["git", "add", "-A"], origin)
     run(["git", "commit", "-qm", "results"], origin)
     committed = run(["git", "ls-files", "results"], origin).split()
-    assert committed and not any(p.startswith(("results/checkpoints", "results/data", "results/probes_full"))
-                                 for p in committed)
+    # the large files stay out of git: git keeps their .dvc files (written by the steps) and the data's manifests
+    large = {p for p in committed if p.startswith(("results/checkpoints", "results/data", "results/probes_full"))}
+    cells = ("dln-bn-lr1e-06", "vgg_cpu-bn-lr0.1")
+    assert large == {*(f"results/{d}/{c}.dvc" for d in ("checkpoints", "probes_full") for c in cells),
+                     *(f"results/data/{m}.{e}" for m in ("dln", "vgg_cpu") for e in ("json", "npz.dvc"))}, large
 
     # the same params re-run (every stage forced): every committed file is byte-identical
     run([PY, "-m", "dvc", "repro", "-f", "-q"], origin)
@@ -204,8 +207,8 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
     params["stats"]["ci_level"] = 0.9
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert job_counts(run(smk, clone)) == {"stats": 1, "figures": 1, "all": 1, "total": 3}
-    assert set(dvc_changed(clone)) == {"stats"}
-    log = run([PY, "-m", "dvc", "repro", "--allow-missing"], clone)
+    assert set(dvc_changed(clone)) == {"stats"} and dvc_plan(clone) == {"stats"}  # figures: if claims.md changes
+    log = run([PY, "-m", "dvc", "repro"], clone)  # plain: nothing re-runs because the clone lacks the DVC cache
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
     # figures follow only if claims.md's content changed (with one seed per arm there is no CI to change)
     assert "stats" in ran and ran <= {"stats", "figures"}, log[-2000:]
@@ -218,7 +221,21 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
                                "total": 8}
     assert "dvc pull results/checkpoints/vgg_cpu-bn-lr0.1" in out  # said, not silently re-trained
     assert set(dvc_changed(clone)) == {"probe@vgg_cpu-bn-lr0.1", "probe@dln-bn-lr1e-06"}
-    failed = run([PY, "-m", "dvc", "repro", "--allow-missing"], clone, ok=False)
-    # DVC stops at the first cached input that is absent (the data or the checkpoints), naming it: no re-training
-    assert re.search(r"No such file or directory: '[^']*results/(data|checkpoints)/", failed), failed[-1500:]
-    assert "Running stage 'train@" not in failed
+    failed = run([PY, "-m", "dvc", "repro"], clone, ok=False)
+    # the probe step stops before any work, naming the absent checkpoints and both ways to get them: no re-training
+    assert re.search(r"results/checkpoints/(dln|vgg_cpu)-\S+: not in the workspace .*`dvc pull results/checkpoints/"
+                     r"(dln|vgg_cpu)-\S+`, or re-train the cell \(`dvc repro -f -s train@", failed), failed[-1500:]
+    assert "Running stage 'train@" not in failed and "Running stage 'prepare@" not in failed
+
+    # a training edit on the clone re-trains the cell: its data, absent, is rebuilt and checked against the committed
+    # manifest (no prepare stage), and the step records its new checkpoints in the DVC cache (.dvc file rewritten)
+    run(["git", "checkout", "-q", "params.yaml"], clone)
+    params = merge(read_yaml(clone / "params.yaml"), {"train": {"dln": {"steps": 50, "checkpoint_steps": [0, 50]}}})
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert dvc_plan(clone) >= {"train@dln-bn-lr1e-06"}
+    log = run([PY, "-m", "dvc", "repro"], clone)
+    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+    assert "train@dln-bn-lr1e-06" in ran and not any(s.startswith("prepare@") or "vgg_cpu" in s for s in ran), ran
+    assert "results/data/dln.npz: not in the workspace" in log and (clone / "results/data/dln.npz").is_file()
+    assert "checkpoints/dln-bn-lr1e-06.dvc" in run(["git", "status", "--porcelain"], clone)
+    assert dvc_changed(clone) == {} and dvc_plan(clone) == set()

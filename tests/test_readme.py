@@ -51,7 +51,7 @@ def test_the_readme_shows_the_commands_a_user_needs():
     cmds = commands()
     assert len(cmds) >= 15
     for needed in ("snakemake --cores all --config overlay=workflow/quick.yaml", "python -m pytest",
-                   "snakemake --cores all --resources gpu=1", "dvc repro --allow-missing"):
+                   "snakemake --cores all --resources gpu=1", "dvc repro"):
         assert needed in README, needed
 
 

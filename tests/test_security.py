@@ -66,10 +66,10 @@ def test_a_hostile_grid_cell_key_never_runs_under_dvc_repro_nor_snakemake(tmp_pa
     grid = read_yaml(ROOT / "params.yaml")["train"]["grid"]
     ws = dvc_workspace(tmp_path, **{"train.grid": {HOSTILE_CELL: {"model": "dln", "variant": "bn", "lr": 1e-6},
                                                    **{k: v for k, v in grid.items() if k.startswith("dln-")}}})
-    data = ws / "results" / "data" / "dln.npz"  # the stages' inputs, so that DVC runs their commands at once
-    data.parent.mkdir(parents=True)
-    data.write_bytes(b"x")
-    (ws / "results" / "checkpoints" / HOSTILE_CELL).mkdir(parents=True)
+    manifest = ws / "results" / "data" / "dln.json"  # the stages' inputs, so that DVC runs their commands at once
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}\n")
+    (ws / "results" / "runs" / HOSTILE_CELL).mkdir(parents=True)
     for step in ("train", "probe"):
         proc = run([PY, "-m", "dvc", "repro", "--single-item", f"{step}@{HOSTILE_CELL}"], ws)
         assert not (ws / "MARKER").exists(), f"the cell key's shell text ran under dvc repro {step}"

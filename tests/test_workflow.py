@@ -223,9 +223,8 @@ def test_a_hand_edited_claim_or_a_deleted_seed_folder_is_found_by_dvc_hashes(tmp
         if not (ws / "results" / "stats" / name).exists():
             (ws / "results" / "stats" / name).write_text("{}\n")
     shutil.copytree(ROOT / "results" / "runs" / cell, ws / "results" / "runs" / cell)
-    (ws / "results" / "checkpoints" / cell).mkdir(parents=True)
     (ws / "results" / "data").mkdir()
-    (ws / "results" / "data" / "dln.npz").write_bytes(b"x")
+    (ws / "results" / "data" / "dln.json").write_text("{}\n")  # the train stage's data input: the manifest
     py = [sys.executable, "-m", "dvc"]
     subprocess.run([*py, "init", "--no-scm", "-q"], cwd=ws, check=True)
     subprocess.run([*py, "commit", "-f", "-q", "stats", f"train@{cell}"], cwd=ws, check=True, capture_output=True)

@@ -20,18 +20,19 @@ the stamps, which include the params of the job's prepare step.
 
 One module per concept, all re-exported here (import from `bnflow.dag`):
 
-    jobs     the params keys each step reads (param_keys, the same as its DVC stage's) and the Job of each DAG node
-    stamps   params stamps, adoption from dvc.lock, re-dating what DVC found current
-    planning the Snakefile's plan: --config checks, cell selection, the jobs of one run, the messages before it runs
+    jobs      the params keys each step reads (param_keys, the same as its DVC stage's) and the Job of each DAG node
+    artefacts the large artefacts: DVC records them with .dvc files, not as stage outputs; the data's manifest
+    stamps    params stamps, adoption from dvc.lock, re-dating what DVC found current
+    planning  the Snakefile's plan: --config checks, cell selection, the jobs of one run, the messages before it runs
 """
 
-from bnflow.dag.jobs import LRSCAN_FILES, RANK, Job, data_path, lookup, param_keys
+from bnflow.dag.jobs import LRSCAN_FILES, RANK, Job, data_path, lookup, manifest_path, param_keys
 from bnflow.dag.planning import CONFIG_KEYS, Plan, check_config, messages, plan, select_cells
 from bnflow.dag.stamps import (ADOPTED_AGE_S, STAMP_ROOT, StampReport, dvc_altered_outputs, read_ledger,
                                redate_dvc_checked, stamp_dir, stamp_path, sync_stamps, vouched)
 
 __all__ = [
     "ADOPTED_AGE_S", "CONFIG_KEYS", "LRSCAN_FILES", "RANK", "STAMP_ROOT", "Job", "Plan", "StampReport",
-    "check_config", "data_path", "dvc_altered_outputs", "lookup", "messages", "param_keys", "plan", "read_ledger",
-    "redate_dvc_checked", "select_cells", "stamp_dir", "stamp_path", "sync_stamps", "vouched",
+    "check_config", "data_path", "dvc_altered_outputs", "lookup", "manifest_path", "messages", "param_keys", "plan",
+    "read_ledger", "redate_dvc_checked", "select_cells", "stamp_dir", "stamp_path", "sync_stamps", "vouched",
 ]

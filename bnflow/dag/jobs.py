@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bnflow.errors import ConfigError
@@ -21,6 +22,12 @@ RANK = {"prepare": 0, "train": 1, "probe": 2, "lrscan": 2, "summarize": 3, "stat
 def data_path(out_dir: str, model: str) -> str:
     """The prepared data a model family reads: the images (classifiers) or the DLN's regression problems."""
     return f"{out_dir}/data/{model}.npz"
+
+
+def manifest_path(data: str | Path) -> Path:
+    """The manifest beside a prepared data file (`<model>.npz` -> `<model>.json`, bnflow.prepare): what DVC's stages
+    depend on instead of the data, which git does not keep (bnflow.dag.artefacts)."""
+    return Path(data).with_suffix(".json")
 
 
 def param_keys(step: str, *, model: str | None = None) -> list[str]:

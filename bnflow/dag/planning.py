@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bnflow.dag.jobs import LRSCAN_FILES, Job, data_path, param_keys
+from bnflow.dag.jobs import LRSCAN_FILES, Job, data_path, manifest_path, param_keys
 from bnflow.dag.stamps import (StampReport, dvc_altered_outputs, read_ledger, redate_dvc_checked, stamp_path,
                                sync_stamps)
 from bnflow.errors import ConfigError
@@ -130,7 +130,8 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
                                                        if (root / out / "lrscan" / m).is_dir()}) & scanned)
     jobs: dict[tuple[str, str], Job] = {}
     for m in sorted({model_of[c] for c in read} | set(models)):
-        jobs[("prepare", m)] = Job("prepare", m, (data_path(out, m),), tuple(param_keys("prepare", model=m)))
+        jobs[("prepare", m)] = Job("prepare", m, (data_path(out, m), str(manifest_path(data_path(out, m)))),
+                                   tuple(param_keys("prepare", model=m)))
     for c in read:
         m, prep = model_of[c], jobs[("prepare", model_of[c])]
         jobs[("train", c)] = Job("train", c, (f"{out}/runs/{c}",), tuple(param_keys("train", model=m)), (prep,))
@@ -188,7 +189,7 @@ def messages(p: Plan, root: Path = Path(".")) -> list[str]:
     if unvouched:
         names = ", ".join(j.stage for j in unvouched)
         out.append(f"bnflow: no record says which params made {names} (no Snakemake metadata, and dvc.lock does not "
-                   f"match): they will be re-run. To keep them as they are, run `dvc repro --allow-missing` instead "
+                   f"match): they will be re-run. To keep them as they are, run `dvc repro` instead "
                    f"(dvc.lock is DVC's record), or `snakemake --touch` to declare them current.")
     retrained = {j.key for j in p.report.reruns if j.step == "train"}
     need = [j.key for j in p.report.reruns if j.step == "probe" and j.key not in retrained
