@@ -208,7 +208,7 @@ def test_committed_results_rerun_to_an_empty_diff_and_a_fresh_clone_plans_only_w
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert job_counts(run(smk, clone)) == {"stats": 1, "figures": 1, "all": 1, "total": 3}
     assert set(dvc_changed(clone)) == {"stats"} and dvc_plan(clone) == {"stats"}  # figures: if claims.md changes
-    log = run([PY, "-m", "dvc", "repro"], clone)  # plain: nothing re-runs because the clone lacks the DVC cache
+    log = run([PY, "-m", "dvc", "repro"], clone)  # plain: the DVC cache the clone lacks makes nothing re-run
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
     # figures follow only if claims.md's content changed (with one seed per arm there is no CI to change)
     assert "stats" in ran and ran <= {"stats", "figures"}, log[-2000:]
