@@ -330,10 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 require_present(args.checkpoints_dir, f"re-train the cell (`dvc repro -f -s train@{args.cell}`, then "
                                                       f"`dvc repro`)")
             if args.step in DATA_STEPS:  # absent on a clone without the DVC cache: rebuilt and checked first
-                ensure_data(params, DATA_STEPS[args.step](params, args), args.data)
+                model = params.cell(args.cell).model if args.step != "lrscan" else args.model
+                ensure_data(params, model, args.data)
             STEPS[args.step][2](params, args)
-            if args.track_with_dvc and tracked_paths(args.step, args):
-                track_with_dvc(tracked_paths(args.step, args))
+            tracked = tracked_paths(args.step, args) if args.track_with_dvc else []
+            if tracked:
+                track_with_dvc(tracked)
     except OSError as e:
         if not out_of_space(e):
             raise
@@ -350,10 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-DATA_STEPS: dict[str, Callable[[Params, argparse.Namespace], str]] = {
-    "train": lambda p, a: p.cell(a.cell).model, "probe": lambda p, a: p.cell(a.cell).model,
-    "lrscan": lambda p, a: a.model}
-"""The steps that read a model family's prepared data (--data), and which family."""
+DATA_STEPS = ("train", "probe", "lrscan")
+"""The steps that read a model family's prepared data (--data): their cell's family, or lrscan's --model."""
 
 RESUMES = {"train": "; the same command resumes from the finished seeds and resume states kept in "
                     "<out_dir>/.partial/ (bnflow.train.cell)"}

@@ -6,14 +6,14 @@ linear network reads its own regression problems (bnflow.data.dln), which need n
 Beside the data file the step writes its *manifest* (`<model>.json`: every array's name, dtype, shape and sha256 of
 its bytes), small and kept in git. DVC's stages depend on the manifest, not on the data file (dvc.yaml): a clone
 without the DVC cache still has every input its stages hash, and a data file rebuilt with the same arrays (in another
-numpy's zip layout, or compressed) changes nothing downstream. The steps that read the data check it against the manifest
-(bnflow.dag.artefacts).
+numpy's zip layout, or compressed) changes nothing downstream. The steps that read the data check it against the
+manifest (bnflow.dag.artefacts).
 """
 
 from __future__ import annotations
 
-import logging
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 

@@ -79,6 +79,9 @@ def test_data_that_differs_from_its_manifest_is_refused_naming_the_arrays(tmp_pa
     manifest_path(data).write_text("{not json")
     with pytest.raises(DataError, match=r"dln\.json: not a data manifest .*git checkout"):
         ensure_data(params, "dln", data)
+    manifest_path(data).write_text('{"model": "dln", "arrays": []}')
+    with pytest.raises(DataError, match=r"dln\.json: not a data manifest \(no `arrays` mapping\).*git checkout"):
+        ensure_data(params, "dln", data)
 
 
 def test_data_without_a_manifest_is_read_as_given(tmp_path):

@@ -88,10 +88,12 @@ def ensure_data(params: object, model: str, data: Path) -> None:
         return
     try:
         expected = json.loads(manifest_file.read_text())
-        expected["arrays"].items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{manifest_file}: not a data manifest ({e!r}); restore it from git (`git checkout "
-                        f"{manifest_file}`)") from None
+    except (OSError, ValueError) as e:
+        expected = repr(e)
+    if not isinstance(expected, dict) or not isinstance(expected.get("arrays"), dict):
+        why = expected if isinstance(expected, str) else "no `arrays` mapping"
+        raise DataError(f"{manifest_file}: not a data manifest ({why}); restore it from git (`git checkout "
+                        f"{manifest_file}`)")
     with step_lock(data, [data, manifest_file]):
         if not data.exists():
             log.info("%s: not in the workspace (a clone without the DVC cache); rebuilding it from params and its "
@@ -103,6 +105,6 @@ def ensure_data(params: object, model: str, data: Path) -> None:
                         if found["arrays"].get(k) != expected["arrays"].get(k))
         raise DataError(f"{data}: its arrays differ from those {manifest_file} records ({', '.join(differ[:5])}"
                         f"{', ...' if len(differ) > 5 else ''}): the data was prepared from another source or with "
-                        f"other params than the committed results. Delete it to have it rebuilt from params, restore the "
-                        f"committed one (`dvc pull {data}`), or prepare it again and keep it (`dvc repro -f -s "
+                        f"other params than the committed results. Delete it to have it rebuilt from params, restore "
+                        f"the committed one (`dvc pull {data}`), or prepare it again and keep it (`dvc repro -f -s "
                         f"prepare@{model}`, then `dvc repro`: what reads the data re-runs)")

@@ -130,7 +130,8 @@ def plan(config: Mapping[str, Any], root: Path = Path("."), lock: Path = Path("d
                                                        if (root / out / "lrscan" / m).is_dir()}) & scanned)
     jobs: dict[tuple[str, str], Job] = {}
     for m in sorted({model_of[c] for c in read} | set(models)):
-        jobs[("prepare", m)] = Job("prepare", m, (data_path(out, m), str(manifest_path(data_path(out, m)))),
+        data = data_path(out, m)
+        jobs[("prepare", m)] = Job("prepare", m, (data, str(manifest_path(data))),
                                    tuple(param_keys("prepare", model=m)))
     for c in read:
         m, prep = model_of[c], jobs[("prepare", model_of[c])]
